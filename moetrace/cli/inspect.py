@@ -1,0 +1,40 @@
+"""`moetrace inspect`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moetrace.cli.common import Json, TraceArg, console, handle_errors, json_safe
+
+
+@handle_errors
+def inspect_command(
+    trace: TraceArg,
+    json_output: Json = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG: load heatmap (layer × expert), load and imbalance over steps.")
+    ] = None,
+    hottest: Annotated[int, typer.Option(help="Busiest experts listed per layer.")] = 3,
+) -> None:
+    """Summarise a trace: load balance per layer, hottest experts, temporal locality, inter-layer predictability."""
+    from moetrace.trace.reader import open_trace
+    from moetrace.trace.stats import trace_stats
+
+    opened = open_trace(trace)
+    stats = trace_stats(opened, hottest=hottest)
+    if plot is not None:
+        from moetrace.report.plots import plot_load
+
+        plot_load(opened.dense_load(), plot, title=f"{stats.model} — {trace}")
+    if json_output:
+        print(json.dumps(json_safe(stats.to_dict()), allow_nan=False))
+        return
+    from moetrace.report.tables import stats_renderable
+
+    console.print(stats_renderable(stats, str(trace)))
+    if plot is not None:
+        console.print(f"figure → [bold]{plot}[/bold]")

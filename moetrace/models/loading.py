@@ -1,0 +1,85 @@
+"""Loading a model and its tokenizer: a hub id, a local folder, or the built-in model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moetrace.errors import InvalidArgumentError, ModelLoadError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+DEVICES = ("auto", "cpu", "cuda")
+
+STAND_IN_NAME = "moetrace/stand-in-tiny-mixtral (random weights, seed 0)"
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    name: str
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise InvalidArgumentError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidArgumentError("--device cuda was asked for, but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | str:
+    """`auto`: float32 on the CPU, the checkpoint's own dtype on a GPU."""
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else "auto"
+    if dtype not in DTYPES:
+        raise InvalidArgumentError(f"--dtype must be one of auto, {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def looks_like_path(name: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else that is meant as a folder looks like a path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def load_model(
+    name: str | None, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False
+) -> LoadedModel:
+    """Load `name` (hub id or local folder) with the Auto classes, or the built-in model when None."""
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    if name is None:
+        from moetrace.models.builtin import builtin_model
+
+        loaded = builtin_model()
+        loaded.model.to(device=target, dtype=torch_dtype if isinstance(torch_dtype, torch.dtype) else None)
+        return loaded
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name).expanduser()
+    if not path.exists() and looks_like_path(name):
+        raise ModelLoadError(f"model path {name} does not exist")
+    source = str(path) if path.exists() else name
+    if path.exists() and not (path / "config.json").is_file():
+        raise ModelLoadError(f"model folder {name} has no config.json")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"could not load model {name}: {_first_line(exc)}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"could not load the tokenizer of {name}: {_first_line(exc)}") from None
+    model.to(target)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,82 @@
+"""Rich renderings of library results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from moetrace.trace.stats import TraceStats
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or value != value:  # None or NaN
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{100 * value:.1f}%"
+
+
+def stats_renderable(stats: TraceStats, path: str) -> Any:
+    """The summary that `moetrace inspect` prints."""
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("trace", path + ("" if stats.complete else "  [yellow](incomplete)[/yellow]"))
+    head.add_row("model", f"{stats.model} ({stats.model_type})")
+    head.add_row("mode", str(stats.mode))
+    head.add_row("experts", f"{stats.num_experts} per layer, top-{stats.top_k}")
+    head.add_row("layers", f"{len(stats.layers)} MoE layers: {', '.join(str(layer.layer) for layer in stats.layers)}")
+    if stats.sequences is not None:
+        head.add_row("sequences", f"{stats.sequences:,}")
+        head.add_row("tokens", f"{stats.tokens:,}")
+    phases = ", ".join(f"{n:,} {p}" for p, n in stats.phases.items())
+    head.add_row("steps", f"{stats.steps:,} ({phases})")
+    if stats.temporal_locality is not None:
+        head.add_row(
+            "temporal locality", f"{_pct(stats.temporal_locality)} of a token's experts reused by the next token"
+        )
+    if stats.inter_layer_predictability is not None:
+        head.add_row(
+            "inter-layer predictability",
+            f"recall@{stats.top_k} {_pct(stats.inter_layer_predictability)} from the previous layer "
+            f"(popularity alone: {_pct(stats.inter_layer_popularity)})",
+        )
+
+    table = Table(title="per layer", title_justify="left", header_style="bold")
+    for name, justify in [
+        ("layer", "right"),
+        ("routings", "right"),
+        ("max/mean", "right"),
+        ("cv", "right"),
+        ("entropy", "right"),
+        ("top 10%", "right"),
+        ("hottest experts (share)", "left"),
+        ("locality", "right"),
+        ("→ next layer", "right"),
+    ]:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for layer in stats.layers:
+        hottest = ", ".join(f"{e} ({100 * s:.1f}%)" for e, s in layer.hottest)
+        table.add_row(
+            str(layer.layer),
+            f"{layer.routings:,}",
+            _fmt(layer.imbalance, 2),
+            _fmt(layer.cv, 2),
+            _fmt(layer.entropy, 3),
+            _pct(layer.top10_share),
+            hottest,
+            _pct(layer.temporal_locality),
+            _pct(layer.next_layer_recall),
+        )
+    note = Text(
+        "max/mean: load imbalance; entropy: normalised (1 = uniform); top 10%: share of routings to the busiest "
+        "tenth of experts; locality: share of a token's experts the next token reuses; → next layer: in-sample "
+        "recall of the next layer's experts from this layer's (co-occurrence table).",
+        style="dim",
+    )
+    return Group(head, Text(""), table, note)

@@ -1,0 +1,191 @@
+"""`moetrace.record`: generate from prompts with a model and record its routing into a trace."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moetrace.errors import InvalidArgumentError, PromptsError
+from moetrace.trace.reader import Trace, open_trace
+from moetrace.trace.writer import DEFAULT_FLUSH_ROWS, check_output_dir
+
+#: progress(sequences_done, sequences_total, tokens_routed_in_this_forward)
+Progress = Callable[[int, int, int], None]
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """Everything that decides what `record` produces; stored in the trace's meta.json."""
+
+    model: str | None = None
+    """Hub id or local folder; None for the built-in model."""
+    prompts: str | None = None
+    """A .txt or .jsonl file; None for the built-in prompt set."""
+    max_new_tokens: int = 32
+    """Tokens generated per prompt (greedy); 0 records the prefill only."""
+    batch_size: int = 8
+    """Prompts per batch, left-padded to the longest."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+    dtype: str = "auto"
+    """auto, float32, bfloat16, float16 or float64."""
+    seed: int = 0
+    """Seed for torch before the run."""
+    trust_remote_code: bool = False
+    """Allow a hub model's own Python code to run."""
+    flush_rows: int = DEFAULT_FLUSH_ROWS
+    """Route rows per Parquet part."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise InvalidArgumentError(f"--max-new-tokens must be 0 or more, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise InvalidArgumentError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.flush_rows < 1:
+            raise InvalidArgumentError(f"flush_rows must be at least 1, got {self.flush_rows}")
+
+
+def record(
+    model: str | Any | None = None,
+    prompts: str | Path | Sequence[str] | Sequence[Sequence[int]] | None = None,
+    out: str | Path = "trace",
+    *,
+    tokenizer: Any = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    **options: Any,
+) -> Trace:
+    """Generate greedily from `prompts` with `model` and record every forward pass's routing to `out`.
+
+    `model` is a hub id, a local folder, None (the built-in model) or an already loaded
+    `transformers` model (then pass its `tokenizer`, unless the prompts are token ids).
+    `prompts` is a file path, a list of strings, a list of token-id lists, or None for the built-in
+    set. Other options are the fields of `RecordConfig`. Returns the finished trace.
+    """
+    from moetrace.models.loading import LoadedModel, load_model
+    from moetrace.models.prompts import load_prompts
+    from moetrace.trace.recorder import tracing
+
+    prompt_list = list(prompts) if isinstance(prompts, (list, tuple)) else load_prompts(prompts)
+    if not prompt_list:
+        raise PromptsError("no prompts given")
+    source = "list" if isinstance(prompts, (list, tuple)) else str(prompts or "built-in")
+    given = model if isinstance(model, torch.nn.Module) else None
+    name = _model_name(given) if given is not None else model
+    config = RecordConfig(model=name, prompts=source, **options)
+    out = Path(out)
+    check_output_dir(out, force)  # refuse early, before minutes of model loading; created once the model runs
+    if given is not None:
+        loaded = LoadedModel(model=given, tokenizer=tokenizer, name=str(name))
+    else:
+        loaded = load_model(name, device=config.device, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    hf_model, tokenizer = loaded.model, loaded.tokenizer
+    device = next(hf_model.parameters()).device
+    encoded = _tokenize(tokenizer, prompt_list)
+    pad_id = _pad_id(hf_model, tokenizer)
+    eos_ids = _eos_ids(hf_model, tokenizer)
+    torch.manual_seed(config.seed)
+
+    run = {**asdict(config), "device": str(device), "num_sequences": len(prompt_list), "greedy": True}
+    done = 0
+
+    def on_forward(tokens: int) -> None:
+        if progress is not None:
+            progress(done, len(prompt_list), tokens)
+
+    with (
+        tracing(
+            hf_model,
+            out,
+            force=force,
+            name=loaded.name,
+            run=run,
+            eos_token_ids=eos_ids,
+            flush_rows=config.flush_rows,
+            on_forward=on_forward,
+        ) as tracer,
+        torch.inference_mode(),
+    ):
+        for start in range(0, len(encoded), config.batch_size):
+            batch = encoded[start : start + config.batch_size]
+            input_ids, attention_mask = left_pad(batch, pad_id, device)
+            tracer.begin_batch(range(start, start + len(batch)))
+            generate(hf_model, input_ids, attention_mask, config.max_new_tokens, pad_id, eos_ids)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(prompt_list), 0)
+    return open_trace(out)
+
+
+def _model_name(model: Any) -> str:
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", None) or type(model).__name__
+
+
+def _tokenize(tokenizer: Any, prompts: list[Any]) -> list[list[int]]:
+    if all(isinstance(p, (list, tuple)) for p in prompts):
+        encoded = [[int(t) for t in p] for p in prompts]
+    elif tokenizer is None:
+        raise PromptsError("text prompts need a tokenizer: pass tokenizer= with a loaded model, or token ids")
+    else:
+        encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    empty = [i for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise PromptsError(f"prompt {empty[0]} tokenizes to no tokens")
+    return encoded
+
+
+def _pad_id(model: Any, tokenizer: Any) -> int:
+    generation = getattr(model, "generation_config", None)
+    candidates = (
+        getattr(tokenizer, "pad_token_id", None),
+        getattr(generation, "pad_token_id", None),
+        getattr(tokenizer, "eos_token_id", None),
+    )
+    for value in candidates:
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    value = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if value is None:
+        value = getattr(tokenizer, "eos_token_id", None)
+    if value is None:
+        return []
+    return [int(value)] if isinstance(value, int) else [int(v) for v in value]
+
+
+def left_pad(batch: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def generate(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    pad_id: int,
+    eos_ids: list[int],
+) -> torch.Tensor:
+    """Greedy generation as `record` runs it; returns prompt and generated ids (the prompt alone for 0)."""
+    if max_new_tokens == 0:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return input_ids
+    from transformers import GenerationConfig
+
+    generation = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos_ids or None
+    )
+    return model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation)

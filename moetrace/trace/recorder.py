@@ -1,0 +1,314 @@
+"""Hooks that record the routing of a model's forward passes into a trace.
+
+During a forward each MoE block's routing stays on the device; when the model's forward returns,
+all layers' expert ids, gate weights, positions and token ids are packed into one int32 tensor and
+cross to the host in a single copy. Padded positions and tokens of finished sequences are dropped
+there, and the rows go to the trace writer together with the step's per-expert load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from moetrace.errors import MoetraceError
+from moetrace.models.adapters import MoEBlock, find_moe_blocks, text_config
+from moetrace.trace.meta import ModelInfo, TraceMeta
+from moetrace.trace.writer import DEFAULT_FLUSH_ROWS, TraceWriter
+
+
+class RecordingError(MoetraceError):
+    """The routing a model produced cannot be mapped to tokens."""
+
+
+def model_info(model: nn.Module, blocks: list[MoEBlock], name: str | None = None) -> ModelInfo:
+    config = text_config(model)
+    dtype = next(model.parameters()).dtype
+    return ModelInfo(
+        num_experts=blocks[0].num_experts,
+        top_k=blocks[0].top_k,
+        moe_layers=tuple(b.layer for b in blocks),
+        name=name or getattr(config, "_name_or_path", None) or type(model).__name__,
+        model_type=getattr(config, "model_type", None),
+        num_hidden_layers=getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None),
+        expert_bytes=blocks[0].expert_bytes,
+        dtype=str(dtype).removeprefix("torch."),
+    )
+
+
+@dataclass
+class _Forward:
+    """What the top-level pre-hook learned about the forward in flight (tensors on the device)."""
+
+    batch: int
+    length: int
+    prefill: bool
+    pos: torch.Tensor
+    valid: torch.Tensor
+    tokens: torch.Tensor | None
+
+
+class Tracer:
+    """Records every forward pass of `model` into `writer` while attached."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        writer: TraceWriter,
+        blocks: list[MoEBlock],
+        *,
+        eos_token_ids: Iterable[int] = (),
+        on_forward: Callable[[int], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.writer = writer
+        self.blocks = blocks
+        self.layers = np.array([b.layer for b in blocks], np.int16)
+        self.num_experts = blocks[0].num_experts
+        self.top_k = blocks[0].top_k
+        self.eos_token_ids = np.array(sorted(set(eos_token_ids)), np.int64)
+        self.on_forward = on_forward
+        self.step = 0
+        self.tokens_recorded = 0
+        self._block_index = {id(b.module): i for i, b in enumerate(blocks)}
+        self._pending: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [None] * len(blocks)
+        self._forward: _Forward | None = None
+        self._next_seq_id = 0
+        self._queued_seq_ids: np.ndarray | None = None
+        self._row_seq_ids = np.zeros(0, np.int32)
+        self._row_finished = np.zeros(0, bool)
+        self._handles: list[Any] = []
+
+    # -- attaching ----------------------------------------------------------------------------
+
+    def attach(self) -> Tracer:
+        self._handles.append(self.model.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True))
+        self._handles.append(self.model.register_forward_hook(self._model_post_hook))
+        for block in self.blocks:
+            if block.hook == "pre":
+                self._handles.append(block.module.register_forward_pre_hook(self._block_pre_hook, with_kwargs=True))
+            else:
+                self._handles.append(block.module.register_forward_hook(self._block_post_hook, with_kwargs=True))
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def begin_batch(self, seq_ids: Iterable[int]) -> None:
+        """Name the sequences of the next prefill's batch rows (otherwise they are numbered on)."""
+        self._queued_seq_ids = np.asarray(list(seq_ids), np.int32)
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    def _model_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._pending = [None] * len(self.blocks)
+        self._forward = _describe_forward(args, kwargs)
+
+    def _block_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._capture(module, args, kwargs, None)
+
+    def _block_post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        self._capture(module, args, kwargs, output)
+
+    def _capture(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if self._forward is None:
+            return
+        i = self._block_index[id(module)]
+        index, weights = self.blocks[i].capture(args, kwargs, output)
+        self._pending[i] = (index.detach(), None if weights is None else weights.detach())
+
+    def _model_post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        forward, self._forward = self._forward, None
+        if forward is not None:
+            self._record(forward)
+
+    # -- one forward pass ---------------------------------------------------------------------
+
+    def _record(self, forward: _Forward) -> None:
+        fired = [i for i, p in enumerate(self._pending) if p is not None]
+        pending = [p for p in self._pending if p is not None]
+        self._pending = [None] * len(self.blocks)
+        batch, length = forward.batch, forward.length
+        tokens_in_forward = batch * length
+        if not fired:
+            self.step += 1
+            return
+        index = torch.stack([p[0].reshape(-1, p[0].shape[-1]) for p in pending])
+        if index.shape[1] != tokens_in_forward or index.shape[2] != self.top_k:
+            raise RecordingError(
+                f"routing of shape {tuple(index.shape[1:])} does not match {batch}×{length} tokens with top_k "
+                f"{self.top_k}; this model's MoE blocks need an adapter"
+            )
+        has_weights = all(p[1] is not None for p in pending)
+        pieces = [index.to(torch.int32).reshape(-1)]
+        if has_weights:
+            weights = torch.stack([p[1].reshape(-1, self.top_k) for p in pending])  # type: ignore[union-attr]
+            pieces.append(weights.to(torch.float32).view(torch.int32).reshape(-1))
+        pieces += [forward.pos.to(torch.int32).reshape(-1), forward.valid.to(torch.int32).reshape(-1)]
+        if forward.tokens is not None:
+            pieces.append(forward.tokens.to(torch.int32).reshape(-1))
+        host = torch.cat([p.to(index.device) for p in pieces]).cpu().numpy()  # the one copy per forward
+
+        layers = len(fired)
+        routed = layers * tokens_in_forward * self.top_k
+        offset = 0
+        experts = host[offset : offset + routed].reshape(layers, tokens_in_forward, self.top_k)
+        offset += routed
+        gate = None
+        if has_weights:
+            gate = host[offset : offset + routed].view(np.float32).reshape(layers, tokens_in_forward, self.top_k)
+            offset += routed
+        pos = host[offset : offset + tokens_in_forward]
+        valid = host[offset + tokens_in_forward : offset + 2 * tokens_in_forward].astype(bool)
+        offset += 2 * tokens_in_forward
+        tokens = host[offset : offset + tokens_in_forward] if forward.tokens is not None else None
+
+        keep = self._keep_mask(forward, valid, tokens)
+        kept = np.flatnonzero(keep)
+        rows_per_layer = len(kept)
+        phase = "train" if self.model.training else ("prefill" if forward.prefill else "decode")
+        layer_ids = self.layers[fired]
+        if rows_per_layer:
+            kept_experts = experts[:, kept, :]
+            row_of_token = np.repeat(np.arange(batch), length)[kept]
+            self.writer.write_routes(
+                seq_id=np.tile(self._row_seq_ids[row_of_token], layers),
+                pos=np.tile(pos[kept], layers),
+                step=self.step,
+                phase=phase,
+                layer=np.repeat(layer_ids, rows_per_layer),
+                token_id=None if tokens is None else np.tile(tokens[kept], layers),
+                experts=kept_experts.reshape(-1, self.top_k),
+                weights=None if gate is None else gate[:, kept, :].reshape(-1, self.top_k),
+            )
+            counts = _load_counts(kept_experts, self.num_experts)
+            layer_pos, expert = np.nonzero(counts)
+            self.writer.write_load(
+                step=self.step, phase=phase, layer=layer_ids[layer_pos], expert=expert, tokens=counts[layer_pos, expert]
+            )
+        self.tokens_recorded += rows_per_layer
+        self.step += 1
+        if self.on_forward is not None:
+            self.on_forward(rows_per_layer)
+
+    def _keep_mask(self, forward: _Forward, valid: np.ndarray, tokens: np.ndarray | None) -> np.ndarray:
+        """Valid (non-padding) positions of sequences that have not finished."""
+        batch, length = forward.batch, forward.length
+        if forward.prefill or len(self._row_seq_ids) != batch:
+            queued, self._queued_seq_ids = self._queued_seq_ids, None
+            if queued is not None and len(queued) == batch:
+                self._row_seq_ids = queued
+            else:
+                self._row_seq_ids = np.arange(self._next_seq_id, self._next_seq_id + batch, dtype=np.int32)
+            self._next_seq_id = int(self._row_seq_ids.max()) + 1
+            self._row_finished = np.zeros(batch, bool)
+            return valid
+        finished = np.repeat(self._row_finished[:, None], length, axis=1)
+        if tokens is not None and len(self.eos_token_ids):
+            # a generated end-of-sequence token ends its sequence: it and what follows are not routed work
+            is_eos = np.isin(tokens.reshape(batch, length), self.eos_token_ids)
+            finished |= np.cumsum(is_eos, axis=1) > 0
+            self._row_finished = finished[:, -1].copy()
+        return valid & ~finished.reshape(-1)
+
+
+def _load_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
+    """(layers, tokens, k) expert ids -> (layers, num_experts) token-routing counts."""
+    layers = experts.shape[0]
+    flat = (np.arange(layers)[:, None, None] * num_experts + experts).reshape(-1)
+    return np.bincount(flat, minlength=layers * num_experts).reshape(layers, num_experts)
+
+
+def _describe_forward(args: tuple, kwargs: dict) -> _Forward:
+    input_ids = kwargs.get("input_ids", args[0] if args else None)
+    embeds = kwargs.get("inputs_embeds")
+    if input_ids is None and embeds is None:
+        raise RecordingError("a traced forward pass got neither input_ids nor inputs_embeds")
+    reference = input_ids if input_ids is not None else embeds
+    batch, length = int(reference.shape[0]), int(reference.shape[1])
+    mask = kwargs.get("attention_mask")
+    device = reference.device
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        past = int(mask.shape[1]) - length
+        mask = mask.to(torch.int32)
+        pos = (mask.cumsum(dim=1) - 1)[:, past:]
+        valid = mask[:, past:] > 0
+    else:
+        past = _past_length(kwargs)
+        position_ids = kwargs.get("position_ids")
+        if isinstance(position_ids, torch.Tensor):
+            pos = position_ids.expand(batch, length)
+        else:
+            pos = (torch.arange(length, device=device) + past).expand(batch, length)
+        valid = torch.ones(batch, length, dtype=torch.bool, device=device)
+    return _Forward(batch, length, past == 0, pos, valid, input_ids)
+
+
+def _past_length(kwargs: dict) -> int:
+    cache = kwargs.get("past_key_values", kwargs.get("cache"))
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    return 0
+
+
+@contextlib.contextmanager
+def tracing(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    name: str | None = None,
+    run: dict[str, Any] | None = None,
+    eos_token_ids: Iterable[int] | None = None,
+    flush_rows: int = DEFAULT_FLUSH_ROWS,
+    on_forward: Callable[[int], None] | None = None,
+) -> Iterator[Tracer]:
+    """Trace whatever forward passes run inside the block on an already loaded model.
+
+        with moetrace.tracing(model, "traces/mine") as tracer:
+            model.generate(**inputs, max_new_tokens=32)
+        trace = moetrace.open_trace("traces/mine")
+
+    Each prefill (a forward without a cache) starts new sequences, numbered from 0 unless
+    `tracer.begin_batch(seq_ids)` names them. The trace is marked complete when the block exits
+    normally; after an exception it stays readable and is marked incomplete.
+    """
+    blocks = find_moe_blocks(model)
+    info = model_info(model, blocks, name)
+    if eos_token_ids is None:
+        eos_token_ids = _eos_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    meta = TraceMeta.new(info, {"mode": "generate", **(run or {})})
+    weights_type = pa.float16() if info.dtype in ("float16", "bfloat16") else pa.float32()
+    writer = TraceWriter(out_dir, meta, weights_type=weights_type, flush_rows=flush_rows, force=force)
+    tracer = Tracer(model, writer, blocks, eos_token_ids=eos_token_ids, on_forward=on_forward).attach()
+    started = time.perf_counter()
+    try:
+        yield tracer
+    except BaseException:
+        tracer.detach()
+        writer.close(complete=False)
+        raise
+    tracer.detach()
+    seconds = round(time.perf_counter() - started, 3)
+    writer.close(complete=True, steps=tracer.step, routed_tokens=tracer.tokens_recorded, seconds=seconds)
+
+
+def _eos_ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]

@@ -1,0 +1,205 @@
+"""Streaming, crash-safe trace writing.
+
+Rows are buffered in numpy arrays and flushed to a new Parquet part every `flush_rows` rows, so
+memory does not grow with the run. Each part is written under a temporary name and renamed when
+complete; `meta.json` says `complete: false` until `close()`. A process killed at any moment leaves
+a trace whose complete parts all read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from moetrace.errors import OutputExistsError
+from moetrace.trace.meta import TraceMeta, write_meta
+from moetrace.trace.schema import LOAD_DIR, LOAD_SCHEMA, META_FILE, PHASES, ROUTES_DIR, routes_schema
+
+DEFAULT_FLUSH_ROWS = 262_144
+_COMPRESSION = "zstd"
+
+
+def check_output_dir(out_dir: Path, force: bool) -> None:
+    """Raise unless `out_dir` may be written: absent, empty, or (with `force`) an existing trace."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise OutputExistsError(f"{out_dir} already exists and is not empty; pass --force to replace it")
+        if not (out_dir / META_FILE).is_file():
+            raise OutputExistsError(f"{out_dir} is not empty and is not a moetrace trace; refusing to replace it")
+
+
+def prepare_output_dir(out_dir: Path, force: bool) -> None:
+    """Create `out_dir`, replacing an existing trace there only when `force` is set."""
+    check_output_dir(out_dir, force)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+class _PartBuffer:
+    """Columns waiting to become one Parquet part."""
+
+    def __init__(self, directory: Path, schema: pa.Schema) -> None:
+        self.directory = directory
+        self.schema = schema
+        self.columns: dict[str, list[np.ndarray | None]] = {name: [] for name in schema.names}
+        self.lengths: list[int] = []
+        self.rows = 0
+        self.parts = 0
+
+    def append(self, columns: dict[str, np.ndarray | None], rows: int) -> None:
+        for name, chunks in self.columns.items():
+            chunks.append(columns.get(name))
+        self.lengths.append(rows)
+        self.rows += rows
+
+    def flush(self) -> None:
+        if self.rows == 0:
+            return
+        arrays = [self._arrow(name, chunks) for name, chunks in self.columns.items()]
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        final = self.directory / f"part-{self.parts:05d}.parquet"
+        tmp = self.directory / f".part-{self.parts:05d}.parquet.tmp"
+        pq.write_table(table, tmp, compression=_COMPRESSION)
+        os.replace(tmp, final)
+        self.parts += 1
+        self.rows = 0
+        self.lengths = []
+        self.columns = {name: [] for name in self.schema.names}
+
+    def _arrow(self, name: str, chunks: list[np.ndarray | None]) -> pa.Array:
+        dtype = self.schema.field(name).type
+        lengths = self.lengths
+        if all(c is None for c in chunks):
+            return pa.nulls(sum(lengths), dtype)
+        if name == "phase":
+            codes = np.concatenate(chunks)
+            return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(PHASES, pa.string()))
+        if pa.types.is_fixed_size_list(dtype):
+            width = dtype.list_size
+            value_type = dtype.value_type.to_pandas_dtype()
+            filled = [
+                np.zeros((n, width), value_type) if c is None else c.astype(value_type) for c, n in zip(chunks, lengths)
+            ]
+            values = pa.array(np.concatenate(filled).reshape(-1), dtype.value_type)
+            mask = None
+            if any(c is None for c in chunks):
+                mask = pa.array(np.concatenate([np.full(n, c is None) for c, n in zip(chunks, lengths)]))
+            return pa.FixedSizeListArray.from_arrays(values, width, mask=mask)
+        if any(c is None for c in chunks):
+            parts = [pa.nulls(n, dtype) if c is None else pa.array(c, dtype) for c, n in zip(chunks, lengths)]
+            return pa.concat_arrays(parts)
+        return pa.array(np.concatenate(chunks), dtype)
+
+
+class TraceWriter:
+    """Writes one trace directory: `meta.json`, `routes/part-*.parquet`, `load/part-*.parquet`."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        meta: TraceMeta,
+        *,
+        weights_type: pa.DataType = pa.float32(),
+        extra_columns: tuple[str, ...] = (),
+        flush_rows: int = DEFAULT_FLUSH_ROWS,
+        force: bool = False,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.meta = meta
+        self.flush_rows = flush_rows
+        prepare_output_dir(self.out_dir, force)
+        (self.out_dir / ROUTES_DIR).mkdir()
+        (self.out_dir / LOAD_DIR).mkdir()
+        write_meta(self.out_dir, meta)
+        schema = routes_schema(meta.model.top_k, weights_type, extra_columns)
+        self._routes = _PartBuffer(self.out_dir / ROUTES_DIR, schema)
+        self._load = _PartBuffer(self.out_dir / LOAD_DIR, LOAD_SCHEMA)
+        self.rows_written = 0
+        self.closed = False
+
+    def write_routes(
+        self,
+        *,
+        seq_id: np.ndarray,
+        pos: np.ndarray,
+        step: np.ndarray | int,
+        phase: str,
+        layer: np.ndarray,
+        experts: np.ndarray,
+        token_id: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+        pregate_experts: np.ndarray | None = None,
+        token: np.ndarray | None = None,
+    ) -> None:
+        """Append route rows; `experts` (and `weights`) are (rows, top_k) arrays."""
+        rows = len(seq_id)
+        if rows == 0:
+            return
+        columns: dict[str, Any] = {
+            "seq_id": seq_id,
+            "pos": pos,
+            "step": np.broadcast_to(np.asarray(step, np.int32), (rows,)),
+            "phase": np.full(rows, PHASES.index(phase), np.int8),
+            "layer": layer,
+            "token_id": token_id,
+            "experts": experts,
+            "weights": weights,
+            "pregate_experts": pregate_experts,
+            "token": token,
+        }
+        self._routes.append(columns, rows)
+        self.rows_written += rows
+        if self._routes.rows >= self.flush_rows:
+            self._routes.flush()
+
+    def write_load(
+        self, *, step: np.ndarray | int, phase: str, layer: np.ndarray, expert: np.ndarray, tokens: np.ndarray
+    ) -> None:
+        """Append load rows: one per (step, layer, expert) with a non-zero count."""
+        rows = len(layer)
+        if rows == 0:
+            return
+        columns = {
+            "step": np.broadcast_to(np.asarray(step, np.int32), (rows,)),
+            "phase": np.full(rows, PHASES.index(phase), np.int8),
+            "layer": layer,
+            "expert": expert,
+            "tokens": tokens,
+        }
+        self._load.append(columns, rows)
+        if self._load.rows >= self.flush_rows:
+            self._load.flush()
+
+    def flush(self) -> None:
+        self._routes.flush()
+        self._load.flush()
+
+    def close(self, complete: bool = True, **run_updates: Any) -> None:
+        """Flush what is buffered; mark the trace complete unless the run failed."""
+        if self.closed:
+            return
+        self.closed = True
+        if complete:
+            self.flush()
+        else:
+            with contextlib.suppress(Exception):  # keep what is buffered if we can; never mask the failure
+                self.flush()
+        if complete:
+            self.meta = self.meta.finished(**run_updates)
+            write_meta(self.out_dir, self.meta)
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close(complete=exc_type is None)
