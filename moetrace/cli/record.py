@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from moetrace.cli.common import Device, Dtype, Force, Seed, console, handle_errors
 
@@ -75,7 +75,7 @@ class _RecordProgress:
             console=console,
             transient=False,
         )
-        self.task = None
+        self.task: TaskID | None = None
         self.tokens = 0
         self.started = 0.0
 
@@ -91,6 +91,7 @@ class _RecordProgress:
             self.progress.start()
             self.task = self.progress.add_task("record", total=total, rate="")
             self.started = time.perf_counter()
+        assert self.task is not None
         self.tokens += tokens
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         self.progress.update(self.task, completed=done, rate=f"{self.tokens / elapsed:,.0f} tokens/s")

@@ -92,7 +92,7 @@ def decoder_layer_index(module_name: str) -> int:
 
 
 def text_config(model: nn.Module) -> Any:
-    config = model.config
+    config = getattr(model, "config")  # noqa: B009  (nn.Module's __getattr__ types it as a Tensor)
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 

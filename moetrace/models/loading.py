@@ -60,6 +60,9 @@ def load_model(
         loaded.model.to(device=target, dtype=torch_dtype if isinstance(torch_dtype, torch.dtype) else None)
         return loaded
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # moetrace shows its own progress; hub downloads keep theirs
 
     path = Path(name).expanduser()
     if not path.exists() and looks_like_path(name):
@@ -68,7 +71,9 @@ def load_model(
     if path.exists() and not (path / "config.json").is_file():
         raise ModelLoadError(f"model folder {name} has no config.json")
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"could not load model {name}: {_first_line(exc)}") from None
     try:

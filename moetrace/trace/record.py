@@ -70,7 +70,7 @@ def record(
     from moetrace.models.prompts import load_prompts
     from moetrace.trace.recorder import tracing
 
-    prompt_list = list(prompts) if isinstance(prompts, (list, tuple)) else load_prompts(prompts)
+    prompt_list: list[Any] = list(prompts) if isinstance(prompts, (list, tuple)) else load_prompts(prompts)  # type: ignore[arg-type]
     if not prompt_list:
         raise PromptsError("no prompts given")
     source = "list" if isinstance(prompts, (list, tuple)) else str(prompts or "built-in")

@@ -181,14 +181,14 @@ class Tracer:
         layer_ids = self.layers[fired]
         if rows_per_layer:
             kept_experts = experts[:, kept, :]
-            row_of_token = np.repeat(np.arange(batch), length)[kept]
+            row_of_token = kept // length
             self.writer.write_routes(
-                seq_id=np.tile(self._row_seq_ids[row_of_token], layers),
-                pos=np.tile(pos[kept], layers),
+                seq_id=_per_layer(self._row_seq_ids[row_of_token], layers),
+                pos=_per_layer(pos[kept], layers),
                 step=self.step,
                 phase=phase,
                 layer=np.repeat(layer_ids, rows_per_layer),
-                token_id=None if tokens is None else np.tile(tokens[kept], layers),
+                token_id=None if tokens is None else _per_layer(tokens[kept], layers),
                 experts=kept_experts.reshape(-1, self.top_k),
                 weights=None if gate is None else gate[:, kept, :].reshape(-1, self.top_k),
             )
@@ -214,13 +214,18 @@ class Tracer:
             self._next_seq_id = int(self._row_seq_ids.max()) + 1
             self._row_finished = np.zeros(batch, bool)
             return valid
-        finished = np.repeat(self._row_finished[:, None], length, axis=1)
-        if tokens is not None and len(self.eos_token_ids):
-            # a generated end-of-sequence token ends its sequence: it and what follows are not routed work
-            is_eos = np.isin(tokens.reshape(batch, length), self.eos_token_ids)
-            finished |= np.cumsum(is_eos, axis=1) > 0
-            self._row_finished = finished[:, -1].copy()
+        if tokens is None or not len(self.eos_token_ids):
+            return valid & ~np.repeat(self._row_finished, length)
+        # a generated end-of-sequence token ends its sequence: it and what follows are not routed work
+        is_eos = (tokens.reshape(batch, length, 1) == self.eos_token_ids).any(axis=2)
+        finished = self._row_finished[:, None] | (np.cumsum(is_eos, axis=1) > 0)
+        self._row_finished = finished[:, -1].copy()
         return valid & ~finished.reshape(-1)
+
+
+def _per_layer(values: np.ndarray, layers: int) -> np.ndarray:
+    """The same per-token values once for each layer, layer-major."""
+    return np.broadcast_to(values, (layers, len(values))).reshape(-1)
 
 
 def _load_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
@@ -235,7 +240,7 @@ def _describe_forward(args: tuple, kwargs: dict) -> _Forward:
     embeds = kwargs.get("inputs_embeds")
     if input_ids is None and embeds is None:
         raise RecordingError("a traced forward pass got neither input_ids nor inputs_embeds")
-    reference = input_ids if input_ids is not None else embeds
+    reference: Any = input_ids if input_ids is not None else embeds
     batch, length = int(reference.shape[0]), int(reference.shape[1])
     mask = kwargs.get("attention_mask")
     device = reference.device

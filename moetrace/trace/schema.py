@@ -162,7 +162,7 @@ def _cast(array: pa.ChunkedArray, column: Column, top_k: int | None) -> pa.Chunk
     width = top_k if top_k is not None else _list_width(array)
     if pa.types.is_fixed_size_list(array.type) and array.type.list_size == width:
         return array.cast(pa.list_(value_type, width))
-    return _to_fixed_size(array, value_type, width, column.name)
+    return _to_fixed_size(array, value_type, width, column.name, inferred=top_k is None)
 
 
 def _float_value_type(dtype: pa.DataType) -> pa.DataType:
@@ -178,13 +178,18 @@ def _list_width(array: pa.ChunkedArray) -> int:
     return int(pc.max(lengths).as_py() or 0)
 
 
-def _to_fixed_size(array: pa.ChunkedArray, value_type: pa.DataType, width: int, name: str) -> pa.ChunkedArray:
+def _to_fixed_size(
+    array: pa.ChunkedArray, value_type: pa.DataType, width: int, name: str, inferred: bool
+) -> pa.ChunkedArray:
     import pyarrow.compute as pc
 
     chunks = []
     for chunk in array.chunks:
         lengths = pc.drop_null(pc.list_value_length(chunk))
         if len(lengths) and pc.any(pc.not_equal(lengths, width)).as_py():
+            if inferred:
+                low = pc.min(pc.drop_null(pc.list_value_length(array))).as_py()
+                raise TraceFormatError(f"column '{name}' holds lists of different lengths ({low} to {width})")
             raise TraceFormatError(f"column '{name}' holds lists whose length is not top_k = {width}")
         mask = chunk.is_null() if chunk.null_count else None
         if mask is not None:

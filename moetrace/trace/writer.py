@@ -51,12 +51,12 @@ class _PartBuffer:
     def __init__(self, directory: Path, schema: pa.Schema) -> None:
         self.directory = directory
         self.schema = schema
-        self.columns: dict[str, list[np.ndarray | None]] = {name: [] for name in schema.names}
+        self.columns: dict[str, list[Any]] = {name: [] for name in schema.names}
         self.lengths: list[int] = []
         self.rows = 0
         self.parts = 0
 
-    def append(self, columns: dict[str, np.ndarray | None], rows: int) -> None:
+    def append(self, columns: dict[str, Any], rows: int) -> None:
         for name, chunks in self.columns.items():
             chunks.append(columns.get(name))
         self.lengths.append(rows)
@@ -76,13 +76,13 @@ class _PartBuffer:
         self.lengths = []
         self.columns = {name: [] for name in self.schema.names}
 
-    def _arrow(self, name: str, chunks: list[np.ndarray | None]) -> pa.Array:
+    def _arrow(self, name: str, chunks: list[Any]) -> pa.Array:
         dtype = self.schema.field(name).type
         lengths = self.lengths
         if all(c is None for c in chunks):
             return pa.nulls(sum(lengths), dtype)
         if name == "phase":
-            codes = np.concatenate(chunks)
+            codes: np.ndarray = np.concatenate(chunks)
             return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(PHASES, pa.string()))
         if pa.types.is_fixed_size_list(dtype):
             width = dtype.list_size

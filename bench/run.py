@@ -1,0 +1,15 @@
+"""Run every benchmark and write its results into docs/benchmarks.md (`make bench`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ["record_overhead.py"]
+
+if __name__ == "__main__":
+    for script in BENCHMARKS:
+        print(f"== {script}", flush=True)
+        subprocess.run([sys.executable, str(HERE / script), "--write"], check=True)
