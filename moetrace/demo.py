@@ -1,11 +1,13 @@
-"""The demo job behind `make demo`: everything moetrace does, on the built-in model, with no download."""
+"""The demo job behind `make demo`: what moetrace does, on the built-in demo model, with no download."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moetrace.models.demo_model import DemoSpec
 from moetrace.trace.reader import Trace
 from moetrace.trace.stats import TraceStats
 
@@ -24,23 +26,39 @@ def run_demo(
     out: str | Path = DEFAULT_OUT,
     *,
     max_new_tokens: int = 24,
+    spec: DemoSpec | None = None,
     progress: Callable[[int, int, int], None] | None = None,
+    build_progress: Callable[[int, int, float], None] | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> DemoResult:
-    """Record a generation trace of the built-in model on the built-in prompts, summarise and plot it.
-
-    The demo's own trace directories under `out` are replaced on every run.
-    """
+    """Build the demo model (cached), keep its training-load trace, record a generation trace on the
+    built-in prompts, and summarise and plot both. The demo's own traces under `out` are replaced."""
+    from moetrace.models.builtin import builtin_model
+    from moetrace.models.demo_model import TRAIN_TRACE, demo_model_dir
     from moetrace.report.plots import plot_load
+    from moetrace.trace.reader import open_trace
     from moetrace.trace.record import record
     from moetrace.trace.stats import trace_stats
+    from moetrace.trace.writer import check_output_dir
 
     result = DemoResult(out=Path(out))
-    say("recording the built-in model's routing on the built-in prompts")
-    trace = record(None, None, result.out / "generate", force=True, max_new_tokens=max_new_tokens, progress=progress)
-    result.traces["generate"] = trace
-    result.stats["generate"] = trace_stats(trace)
-    result.figures.append(
-        plot_load(trace.dense_load(), result.out / "generate-load.png", title="demo: generation load")
-    )
+    for name in ("train", "generate"):
+        check_output_dir(result.out / name, force=True)
+    loaded = builtin_model(spec, progress=build_progress, say=say)
+
+    say("the demo model's own training run, recorded while it trained: expert load of every optimizer step")
+    shutil.rmtree(result.out / "train", ignore_errors=True)
+    shutil.copytree(demo_model_dir(spec) / TRAIN_TRACE, result.out / "train")
+    train = open_trace(result.out / "train")
+
+    say("recording the demo model's routing while it generates from the built-in prompts")
+    generate = record(
+        loaded.model, None, result.out / "generate", tokenizer=loaded.tokenizer, name=loaded.name, force=True,
+        max_new_tokens=max_new_tokens, progress=progress,
+    )  # fmt: skip
+    for name, trace in (("train", train), ("generate", generate)):
+        result.traces[name] = trace
+        result.stats[name] = trace_stats(trace)
+        figure = plot_load(trace.dense_load(), result.out / f"{name}-load.png", title=f"demo model: {name} load")
+        result.figures.append(figure)
     return result

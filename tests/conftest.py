@@ -13,9 +13,13 @@ DSV2_ROUTES = SHARED_DATA / "dsv2-lite-prefill-routes.parquet"
 
 @pytest.fixture(scope="session")
 def stand_in_trace(tmp_path_factory):  # type: ignore[no-untyped-def]
-    """A generation trace of the built-in model on five built-in prompts (recorded once per session)."""
+    """A generation trace of the random-weight stand-in model on five built-in prompts (once per session)."""
     import moetrace
+    from moetrace.models.builtin import stand_in_model
     from moetrace.models.prompts import builtin_prompts
 
     out = tmp_path_factory.mktemp("stand_in") / "trace"
-    return moetrace.record(None, builtin_prompts()[:5], out, max_new_tokens=6, batch_size=3)
+    loaded = stand_in_model()
+    return moetrace.record(
+        loaded.model, builtin_prompts()[:5], out, tokenizer=loaded.tokenizer, max_new_tokens=6, batch_size=3
+    )

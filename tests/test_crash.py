@@ -16,7 +16,9 @@ from moetrace.trace.reader import IncompleteTraceWarning, open_trace
 
 SCRIPT = """
 import sys, moetrace
-moetrace.record(None, None, sys.argv[1], max_new_tokens=200, batch_size=4, flush_rows=400)
+from moetrace.models.builtin import stand_in_model
+loaded = stand_in_model()
+moetrace.record(loaded.model, None, sys.argv[1], tokenizer=loaded.tokenizer, max_new_tokens=200, batch_size=4, flush_rows=400)
 """
 
 

@@ -20,6 +20,7 @@ app.command("record")(record.record_command)
 app.command("inspect")(inspect.inspect_command)
 app.command("import")(importer.import_command)
 app.command("demo")(demo.demo_command)
+app.add_typer(demo.demo_model_app, name="demo-model")
 
 
 def _version(value: bool) -> None:

@@ -1,13 +1,16 @@
-"""`moetrace demo`."""
+"""`moetrace demo` and `moetrace demo-model`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from moetrace.cli.common import console, handle_errors
+
+demo_model_app = typer.Typer(help="The built-in demo model: build it, or see where it is cached.", no_args_is_help=True)
 
 
 @handle_errors
@@ -19,12 +22,13 @@ def demo_command(
         ),
     ] = Path("traces/demo"),
 ) -> None:
-    """Show what moetrace does on the built-in model: record, inspect, plot. No download, no GPU."""
-    from moetrace.cli.record import _RecordProgress
+    """Show what moetrace does on the built-in demo model: train (cached), record, inspect, plot. No download, no GPU."""
+    from moetrace.cli.record import RecordProgress, ensure_demo_model
     from moetrace.demo import run_demo
     from moetrace.report.tables import stats_renderable
 
-    with _RecordProgress() as progress:
+    ensure_demo_model()
+    with RecordProgress() as progress:
         result = run_demo(out, progress=progress.update, say=lambda s: console.print(f"[bold]·[/bold] {s}"))
     for name, stats in result.stats.items():
         console.rule(f"{name} trace")
@@ -34,4 +38,32 @@ def demo_command(
         console.print(f"{name} trace → [bold]{trace.path}[/bold]")
     for figure in result.figures:
         console.print(f"figure → [bold]{figure}[/bold]")
-    console.print("try: [cyan]moetrace inspect " + str(result.traces["generate"].path) + " --json[/cyan]")
+    console.print(f"try: [cyan]moetrace inspect {result.traces['generate'].path} --json[/cyan]")
+
+
+@demo_model_app.command("build")
+@handle_errors
+def build_command(
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when a cached model exists.")] = False,
+) -> None:
+    """Train the demo model now (a few minutes on a CPU) and cache it."""
+    from moetrace.cli.record import TrainProgress
+    from moetrace.models.demo_model import build_demo_model
+
+    with TrainProgress("building demo model") as progress:
+        folder = build_demo_model(
+            force=force, progress=progress.update, say=lambda s: console.print(f"[bold]·[/bold] {s}")
+        )
+    console.print(f"[green]demo model[/green] → [bold]{folder}[/bold]  (use it with [cyan]--model {folder}[/cyan])")
+
+
+@demo_model_app.command("info")
+@handle_errors
+def info_command() -> None:
+    """Where the demo model is cached, whether it is built, and its recipe."""
+    from moetrace.models.demo_model import BUILD_FILE, DemoSpec, demo_model_dir, is_built
+
+    folder = demo_model_dir()
+    console.print(f"folder: [bold]{folder}[/bold] ({'built' if is_built() else 'not built yet'})")
+    details = json.loads((folder / BUILD_FILE).read_text()) if is_built() else {"spec": DemoSpec().__dict__}
+    console.print_json(json.dumps(details))

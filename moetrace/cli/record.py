@@ -1,15 +1,17 @@
-"""`moetrace record`."""
+"""`moetrace record` (generation) and `moetrace record --train` (training)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from moetrace.cli.common import Device, Dtype, Force, Seed, console, handle_errors
+
+TRAIN = "Training (--train)"
 
 
 @handle_errors
@@ -17,7 +19,10 @@ def record_command(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output trace directory (must not exist or be empty).")
     ] = Path("trace"),
-    model: Annotated[str | None, typer.Option(help="Hub id or local folder; the built-in model when omitted.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Hub id or local folder; the built-in demo model when omitted (built on first use)."),
+    ] = None,
     prompts: Annotated[
         Path | None,
         typer.Option(
@@ -27,7 +32,12 @@ def record_command(
     max_new_tokens: Annotated[
         int, typer.Option(help="Tokens generated per prompt, greedily; 0 records the prefill only.")
     ] = 32,
-    batch_size: Annotated[int, typer.Option(help="Prompts per batch (left-padded).")] = 8,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Prompts per batch (left-padded), default 8; with --train, sequences per optimizer step, default 16."
+        ),
+    ] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
     seed: Seed = 0,
@@ -35,63 +45,160 @@ def record_command(
         bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run.")
     ] = False,
     force: Force = False,
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train",
+            help="Train or fine-tune the model and record the load of every optimizer step.",
+            rich_help_panel=TRAIN,
+        ),
+    ] = False,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.", rich_help_panel=TRAIN)] = 500,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Training text: .txt, or .jsonl with a text/prompt field; the demo corpus when omitted.",
+            rich_help_panel=TRAIN,
+        ),
+    ] = None,
+    seq_len: Annotated[int, typer.Option(help="Tokens per training sequence.", rich_help_panel=TRAIN)] = 64,
+    lr: Annotated[
+        float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay).", rich_help_panel=TRAIN)
+    ] = 1e-3,
+    aux_loss_coef: Annotated[
+        float,
+        typer.Option(help="Weight of the router's load-balancing loss; 0 switches it off.", rich_help_panel=TRAIN),
+    ] = 0.01,
+    grad_accum: Annotated[
+        int, typer.Option(help="Micro-batches per optimizer step (their load is summed).", rich_help_panel=TRAIN)
+    ] = 1,
+    routes_every: Annotated[
+        int,
+        typer.Option(
+            help="Also record the routes of a sample of tokens every this many steps (0: load only).",
+            rich_help_panel=TRAIN,
+        ),
+    ] = 0,
+    routes_sample: Annotated[
+        int,
+        typer.Option(help="Sequences of the batch whose routes are recorded at those steps.", rich_help_panel=TRAIN),
+    ] = 4,
+    save_model: Annotated[
+        Path | None, typer.Option(help="Save the trained model and tokenizer to this folder.", rich_help_panel=TRAIN)
+    ] = None,
 ) -> None:
-    """Generate from prompts with a transformers MoE model and record every token's experts to a trace."""
-    from moetrace.trace.record import record
+    """Record which experts every token uses: while generating from prompts, or (--train) while training."""
+    from moetrace.trace.record import RecordConfig
+    from moetrace.trace.train import TrainConfig
+    from moetrace.trace.writer import check_output_dir
 
-    with _RecordProgress() as progress:
-        trace = record(
-            model,
-            prompts,
-            out,
-            force=force,
-            progress=progress.update,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            seed=seed,
-            trust_remote_code=trust_remote_code,
+    # refuse bad options before the demo model is built or a model is loaded
+    if train:
+        TrainConfig(steps=steps, batch_size=16 if batch_size is None else batch_size, seq_len=seq_len, lr=lr, aux_loss_coef=aux_loss_coef,
+                    grad_accum=grad_accum, routes_every=routes_every, routes_sample=routes_sample)  # fmt: skip
+    else:
+        RecordConfig(max_new_tokens=max_new_tokens, batch_size=8 if batch_size is None else batch_size)
+    check_output_dir(out, force)
+    if model is None:
+        ensure_demo_model()
+    if train:
+        from moetrace.trace.train import record_training
+
+        with TrainProgress("training") as progress:
+            trace = record_training(
+                model, data, out, save_model=save_model, device=device, dtype="float32" if dtype == "auto" else dtype,
+                trust_remote_code=trust_remote_code, force=force, progress=progress.update, steps=steps,
+                batch_size=16 if batch_size is None else batch_size, seq_len=seq_len, lr=lr, aux_loss_coef=aux_loss_coef, grad_accum=grad_accum,
+                routes_every=routes_every, routes_sample=routes_sample, seed=seed,
+            )  # fmt: skip
+        run = trace.meta.run
+        console.print(
+            f"[green]recorded[/green] the load of {run.get('steps')} optimizer steps ({run.get('routed_tokens', 0):,} "
+            f"tokens, final loss {run['losses'][-1]:.3f}, {run.get('seconds')} s) → [bold]{trace.path}[/bold]"
         )
-    run = trace.meta.run
-    console.print(
-        f"[green]recorded[/green] {run.get('routed_tokens', 0):,} tokens of {run.get('num_sequences')} sequences "
-        f"in {run.get('steps')} forward passes ({run.get('seconds')} s) → [bold]{trace.path}[/bold]"
-    )
+        if save_model is not None:
+            console.print(f"model → [bold]{save_model}[/bold]")
+    else:
+        from moetrace.trace.record import record
+
+        with RecordProgress() as progress:
+            trace = record(
+                model, prompts, out, force=force, progress=progress.update, max_new_tokens=max_new_tokens,
+                batch_size=8 if batch_size is None else batch_size, device=device, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code,
+            )  # fmt: skip
+        run = trace.meta.run
+        console.print(
+            f"[green]recorded[/green] {run.get('routed_tokens', 0):,} tokens of {run.get('num_sequences')} sequences "
+            f"in {run.get('steps')} forward passes ({run.get('seconds')} s) → [bold]{trace.path}[/bold]"
+        )
     console.print(f"next: [cyan]moetrace inspect {trace.path}[/cyan]")
 
 
-class _RecordProgress:
-    """A rich progress bar: sequences done and tokens routed per second."""
+def ensure_demo_model() -> None:
+    """Build the demo model with a progress bar if it is not cached yet."""
+    from moetrace.models.demo_model import DemoSpec, build_demo_model, is_built
 
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("recording"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("sequences"),
-            TextColumn("[cyan]{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
+    if is_built():
+        return
+    console.print(
+        f"[bold]·[/bold] building the demo model once: {DemoSpec().steps} training steps on Python's own documentation "
+        "and standard library (a few minutes on a CPU; cached afterwards)"
+    )
+    with TrainProgress("building demo model") as progress:
+        build_demo_model(progress=progress.update, say=lambda s: console.print(f"[bold]·[/bold] {s}"))
+
+
+P = TypeVar("P", bound="_LazyProgress")
+
+
+class _LazyProgress:
+    """A rich progress bar that appears on the first update (after models have loaded)."""
+
+    def __init__(self, *columns: object) -> None:
+        self.progress = Progress(*columns, console=console)  # type: ignore[arg-type]
         self.task: TaskID | None = None
-        self.tokens = 0
         self.started = 0.0
 
-    def __enter__(self) -> _RecordProgress:
+    def __enter__(self: P) -> P:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.task is not None:
             self.progress.stop()
 
-    def update(self, done: int, total: int, tokens: int) -> None:
-        if self.task is None:  # started on the first forward, after the model has loaded
+    def _task(self, total: int, **fields: str) -> TaskID:
+        if self.task is None:
             self.progress.start()
-            self.task = self.progress.add_task("record", total=total, rate="")
+            self.task = self.progress.add_task("", total=total, **fields)  # type: ignore[arg-type]
             self.started = time.perf_counter()
-        assert self.task is not None
+        return self.task
+
+
+class RecordProgress(_LazyProgress):
+    """Sequences done and tokens routed per second."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            TextColumn("recording"), BarColumn(), MofNCompleteColumn(), TextColumn("sequences"),
+            TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(),
+        )  # fmt: skip
+        self.tokens = 0
+
+    def update(self, done: int, total: int, tokens: int) -> None:
+        task = self._task(total, rate="")
         self.tokens += tokens
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        self.progress.update(self.task, completed=done, rate=f"{self.tokens / elapsed:,.0f} tokens/s")
+        self.progress.update(task, completed=done, rate=f"{self.tokens / elapsed:,.0f} tokens/s")
+
+
+class TrainProgress(_LazyProgress):
+    """Optimizer steps done and the current loss."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(
+            TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+            TextColumn("[cyan]loss {task.fields[loss]}"), TimeElapsedColumn(),
+        )  # fmt: skip
+
+    def update(self, done: int, total: int, loss: float) -> None:
+        self.progress.update(self._task(total, loss="–"), completed=done, loss=f"{loss:.3f}")

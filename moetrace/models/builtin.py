@@ -1,23 +1,34 @@
-"""The built-in model used when no `--model` is given.
-
-Until the trained demo model exists this is a stand-in: a tiny Mixtral-shaped model with seeded
-random weights and a byte-level tokenizer, built in memory in well under a second.
-"""
+"""The built-in models: the trained demo model (the default), and a random-weight stand-in for tests."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from moetrace.models.loading import STAND_IN_NAME, LoadedModel
+from moetrace.models.loading import LoadedModel
 from moetrace.models.tokenizer import byte_level_tokenizer
 
+STAND_IN_NAME = "moetrace/stand-in-tiny-mixtral (random weights, seed 0)"
 
-def stand_in_config():  # type: ignore[no-untyped-def]
+
+def builtin_model(
+    spec: Any = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    say: Callable[[str], None] = lambda _: None,
+) -> LoadedModel:
+    """The demo model (of `spec`, a `DemoSpec`; the default when None), built and cached on first use."""
+    from moetrace.models.demo_model import load_demo_model
+
+    return load_demo_model(spec, progress=progress, say=say)
+
+
+def stand_in_config() -> Any:
     from transformers import MixtralConfig
 
-    tokenizer_size = 259
     return MixtralConfig(
-        vocab_size=tokenizer_size,
+        vocab_size=259,  # the byte-level tokenizer
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=4,
@@ -33,14 +44,12 @@ def stand_in_config():  # type: ignore[no-untyped-def]
     )
 
 
-def builtin_model(seed: int = 0) -> LoadedModel:
+def stand_in_model(seed: int = 0) -> LoadedModel:
+    """A tiny Mixtral-shaped model with seeded random weights and a byte tokenizer, built in memory."""
     from transformers import AutoModelForCausalLM
 
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(stand_in_config())
-    finally:
-        torch.random.set_rng_state(generator_state)
     model.eval()
     return LoadedModel(model=model, tokenizer=byte_level_tokenizer(), name=STAND_IN_NAME)

@@ -13,8 +13,6 @@ from moetrace.errors import InvalidArgumentError, ModelLoadError
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
 
-STAND_IN_NAME = "moetrace/stand-in-tiny-mixtral (random weights, seed 0)"
-
 
 @dataclass
 class LoadedModel:

@@ -1,38 +1,52 @@
-"""A byte-level tokenizer that needs no download: every byte is a token, BPE merges optional."""
+"""Byte-level tokenizers that need no download: plain bytes, or a BPE trained on local text."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 
 
-def byte_level_tokenizer(merges: list[tuple[str, str]] | None = None, vocab: dict[str, int] | None = None) -> Any:
-    """A `PreTrainedTokenizerFast` over bytes: `<pad>`=0, `<s>`=1, `</s>`=2, then the 256 byte symbols.
+def byte_level_tokenizer() -> Any:
+    """Every byte is a token: `<pad>`=0, `<s>`=1, `</s>`=2, then the 256 byte symbols (259 in all)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
-    With `vocab` and `merges` (from a trained byte-level BPE) it is that BPE tokenizer instead.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet(), key=lambda c: _BYTE_OF_SYMBOL[c]):
+        vocab[symbol] = len(vocab)
+    return _wrap(Tokenizer(models.BPE(vocab=vocab, merges=[])))
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer trained on `texts` (deterministic for the same texts)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return _wrap(backend)
+
+
+def _wrap(backend: Any) -> Any:
+    """Byte-level pre-tokenizer and decoder, `<s>` before every text, as a transformers tokenizer."""
+    from tokenizers import decoders, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    if vocab is None:
-        vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-        for symbol in sorted(pre_tokenizers.ByteLevel.alphabet(), key=_byte_order):
-            vocab[symbol] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges or []))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    bos = backend.token_to_id("<s>")
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
     backend.add_special_tokens(list(SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="left"
     )
-
-
-def _byte_order(symbol: str) -> int:
-    from tokenizers import pre_tokenizers  # noqa: F401  (keeps the import local)
-
-    return _BYTE_OF_SYMBOL[symbol]
 
 
 def _bytes_to_unicode() -> dict[int, str]:

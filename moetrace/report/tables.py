@@ -47,6 +47,14 @@ def stats_renderable(stats: TraceStats, path: str) -> Any:
             f"(popularity alone: {_pct(stats.inter_layer_popularity)})",
         )
 
+    if stats.load_variance_start is not None and stats.load_variance_end is not None:
+        settled = stats.load_variance_end / stats.load_variance_start if stats.load_variance_start else float("nan")
+        head.add_row(
+            "load stability",
+            f"windowed variance of expert shares (window {stats.variance_window} steps): first tenth "
+            f"{stats.load_variance_start:.2e}, last fifth {stats.load_variance_end:.2e} ({settled:.2f}×)",
+        )
+
     table = Table(title="per layer", title_justify="left", header_style="bold")
     for name, justify in [
         ("layer", "right"),

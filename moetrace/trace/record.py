@@ -55,6 +55,7 @@ def record(
     out: str | Path = "trace",
     *,
     tokenizer: Any = None,
+    name: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
     **options: Any,
@@ -64,7 +65,8 @@ def record(
     `model` is a hub id, a local folder, None (the built-in model) or an already loaded
     `transformers` model (then pass its `tokenizer`, unless the prompts are token ids).
     `prompts` is a file path, a list of strings, a list of token-id lists, or None for the built-in
-    set. Other options are the fields of `RecordConfig`. Returns the finished trace.
+    set. `name` names a loaded model in meta.json. Other options are the fields of `RecordConfig`.
+    Returns the finished trace.
     """
     from moetrace.models.loading import LoadedModel, load_model
     from moetrace.models.prompts import load_prompts
@@ -75,7 +77,7 @@ def record(
         raise PromptsError("no prompts given")
     source = "list" if isinstance(prompts, (list, tuple)) else str(prompts or "built-in")
     given = model if isinstance(model, torch.nn.Module) else None
-    name = _model_name(given) if given is not None else model
+    name = (name or _model_name(given)) if given is not None else model
     config = RecordConfig(model=name, prompts=source, **options)
     out = Path(out)
     check_output_dir(out, force)  # refuse early, before minutes of model loading; created once the model runs

@@ -68,8 +68,10 @@ class Tracer:
         *,
         eos_token_ids: Iterable[int] = (),
         on_forward: Callable[[int], None] | None = None,
+        optimizer_steps: bool = False,
     ) -> None:
         self.model = model
+        self.optimizer_steps = optimizer_steps
         self.writer = writer
         self.blocks = blocks
         self.layers = np.array([b.layer for b in blocks], np.int16)
@@ -87,6 +89,10 @@ class Tracer:
         self._row_seq_ids = np.zeros(0, np.int32)
         self._row_finished = np.zeros(0, bool)
         self._handles: list[Any] = []
+        self._load_sum: torch.Tensor | None = None
+        self._queue: list[_HostForward] = []
+        self.run_updates: dict[str, Any] = {}
+        """Entries added to meta.json's `run` when the trace is closed."""
 
     # -- attaching ----------------------------------------------------------------------------
 
@@ -101,13 +107,34 @@ class Tracer:
         return self
 
     def detach(self) -> None:
+        """Remove the hooks and write what is still waiting on the host."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self.flush()
 
     def begin_batch(self, seq_ids: Iterable[int]) -> None:
-        """Name the sequences of the next prefill's batch rows (otherwise they are numbered on)."""
+        """Name the sequences of the next prefill's batch rows (otherwise they are numbered on).
+
+        A negative id leaves its row out of the routes. With `optimizer_steps`, routes are written
+        only for forwards announced this way.
+        """
         self._queued_seq_ids = np.asarray(list(seq_ids), np.int32)
+
+    def end_step(self) -> None:
+        """With `optimizer_steps`: write the load summed over this step's forwards, start the next step."""
+        if self._load_sum is not None:
+            counts = self._load_sum.cpu().numpy()  # one copy per optimizer step
+            layer_pos, expert = np.nonzero(counts)
+            self.writer.write_load(
+                step=self.step,
+                phase="train",
+                layer=self.layers[layer_pos],
+                expert=expert,
+                tokens=counts[layer_pos, expert],
+            )
+            self._load_sum = None
+        self.step += 1
 
     # -- hooks --------------------------------------------------------------------------------
 
@@ -142,7 +169,7 @@ class Tracer:
         batch, length = forward.batch, forward.length
         tokens_in_forward = batch * length
         if not fired:
-            self.step += 1
+            self.step += 0 if self.optimizer_steps else 1
             return
         index = torch.stack([p[0].reshape(-1, p[0].shape[-1]) for p in pending])
         if index.shape[1] != tokens_in_forward or index.shape[2] != self.top_k:
@@ -150,6 +177,13 @@ class Tracer:
                 f"routing of shape {tuple(index.shape[1:])} does not match {batch}×{length} tokens with top_k "
                 f"{self.top_k}; this model's MoE blocks need an adapter"
             )
+        if self.optimizer_steps:
+            self._add_load(index, forward.valid, fired)
+            self.tokens_recorded += tokens_in_forward
+            if self._queued_seq_ids is None:  # no routes asked for: nothing crosses to the host
+                if self.on_forward is not None:
+                    self.on_forward(tokens_in_forward)
+                return
         has_weights = all(p[1] is not None for p in pending)
         pieces = [index.to(torch.int32).reshape(-1)]
         if has_weights:
@@ -162,9 +196,8 @@ class Tracer:
 
         layers = len(fired)
         routed = layers * tokens_in_forward * self.top_k
-        offset = 0
-        experts = host[offset : offset + routed].reshape(layers, tokens_in_forward, self.top_k)
-        offset += routed
+        experts = host[:routed].reshape(layers, tokens_in_forward, self.top_k)
+        offset = routed
         gate = None
         if has_weights:
             gate = host[offset : offset + routed].view(np.float32).reshape(layers, tokens_in_forward, self.top_k)
@@ -174,36 +207,70 @@ class Tracer:
         offset += 2 * tokens_in_forward
         tokens = host[offset : offset + tokens_in_forward] if forward.tokens is not None else None
 
-        keep = self._keep_mask(forward, valid, tokens)
-        kept = np.flatnonzero(keep)
-        rows_per_layer = len(kept)
+        keep, seq_ids = self._keep_mask(forward, valid, tokens)
         phase = "train" if self.model.training else ("prefill" if forward.prefill else "decode")
-        layer_ids = self.layers[fired]
-        if rows_per_layer:
-            kept_experts = experts[:, kept, :]
-            row_of_token = kept // length
-            self.writer.write_routes(
-                seq_id=_per_layer(self._row_seq_ids[row_of_token], layers),
-                pos=_per_layer(pos[kept], layers),
-                step=self.step,
-                phase=phase,
-                layer=np.repeat(layer_ids, rows_per_layer),
-                token_id=None if tokens is None else _per_layer(tokens[kept], layers),
-                experts=kept_experts.reshape(-1, self.top_k),
-                weights=None if gate is None else gate[:, kept, :].reshape(-1, self.top_k),
-            )
-            counts = _load_counts(kept_experts, self.num_experts)
-            layer_pos, expert = np.nonzero(counts)
-            self.writer.write_load(
-                step=self.step, phase=phase, layer=layer_ids[layer_pos], expert=expert, tokens=counts[layer_pos, expert]
-            )
-        self.tokens_recorded += rows_per_layer
-        self.step += 1
-        if self.on_forward is not None:
-            self.on_forward(rows_per_layer)
+        record = _HostForward(self.step, phase, tuple(fired), experts, gate, pos, tokens, keep, seq_ids)
+        if self._queue and not self._queue[-1].joins(record):
+            self.flush()
+        self._queue.append(record)
+        if not self.optimizer_steps:
+            self.step += 1
+        if len(self._queue) >= _QUEUE_FORWARDS:
+            self.flush()
 
-    def _keep_mask(self, forward: _Forward, valid: np.ndarray, tokens: np.ndarray | None) -> np.ndarray:
-        """Valid (non-padding) positions of sequences that have not finished."""
+    def flush(self) -> None:
+        """Turn the forwards waiting on the host into route and load rows (vectorised over all of them)."""
+        group, self._queue = self._queue, []
+        if not group:
+            return
+        first = group[0]
+        n_fwd, layers = len(group), len(first.fired)
+        keep = np.stack([r.keep for r in group])  # (N, T)
+        f, t = np.nonzero(keep)
+        kept = len(f)
+        if kept:
+            f_rows = np.repeat(f, layers)
+            l_rows = np.tile(np.arange(layers), kept)
+            t_rows = np.repeat(t, layers)
+            experts = np.stack([r.experts for r in group])[f_rows, l_rows, t_rows]  # (rows, k)
+            steps = np.array([r.step for r in group], np.int32)
+            layer_ids = self.layers[list(first.fired)]
+            self.writer.write_routes(
+                seq_id=np.stack([r.seq_ids for r in group])[f_rows, t_rows],
+                pos=np.stack([r.pos for r in group])[f_rows, t_rows],
+                step=steps[f_rows],
+                phase=first.phase,
+                layer=layer_ids[l_rows],
+                token_id=None if first.tokens is None else np.stack([r.tokens for r in group])[f_rows, t_rows],  # type: ignore[misc]
+                experts=experts,
+                weights=None if first.gate is None else np.stack([r.gate for r in group])[f_rows, l_rows, t_rows],  # type: ignore[misc]
+            )
+            if not self.optimizer_steps:
+                keys = ((f_rows * layers + l_rows)[:, None] * self.num_experts + experts).reshape(-1)
+                counts = np.bincount(keys, minlength=n_fwd * layers * self.num_experts)
+                cell = np.flatnonzero(counts)
+                fwd_layer, expert = np.divmod(cell, self.num_experts)
+                fwd, layer = np.divmod(fwd_layer, layers)
+                self.writer.write_load(
+                    step=steps[fwd], phase=first.phase, layer=layer_ids[layer], expert=expert, tokens=counts[cell]
+                )
+        if not self.optimizer_steps:
+            self.tokens_recorded += kept
+        if self.on_forward is not None:
+            self.on_forward(kept)
+
+    def _add_load(self, index: torch.Tensor, valid: torch.Tensor, fired: list[int]) -> None:
+        """Add this forward's per-expert counts to the step's sum, on the device."""
+        layers = len(self.blocks)
+        offsets = torch.tensor(fired, device=index.device).view(-1, 1, 1) * self.num_experts
+        keys = (index + offsets)[:, valid.reshape(-1).to(index.device), :].reshape(-1)
+        counts = torch.bincount(keys, minlength=layers * self.num_experts).view(layers, self.num_experts)
+        self._load_sum = counts if self._load_sum is None else self._load_sum + counts
+
+    def _keep_mask(
+        self, forward: _Forward, valid: np.ndarray, tokens: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Valid (non-padding) positions of sequences that have not finished, and each position's seq_id."""
         batch, length = forward.batch, forward.length
         if forward.prefill or len(self._row_seq_ids) != batch:
             queued, self._queued_seq_ids = self._queued_seq_ids, None
@@ -211,28 +278,47 @@ class Tracer:
                 self._row_seq_ids = queued
             else:
                 self._row_seq_ids = np.arange(self._next_seq_id, self._next_seq_id + batch, dtype=np.int32)
-            self._next_seq_id = int(self._row_seq_ids.max()) + 1
+            self._next_seq_id = max(self._next_seq_id, int(self._row_seq_ids.max()) + 1)
             self._row_finished = np.zeros(batch, bool)
-            return valid
-        if tokens is None or not len(self.eos_token_ids):
-            return valid & ~np.repeat(self._row_finished, length)
-        # a generated end-of-sequence token ends its sequence: it and what follows are not routed work
-        is_eos = (tokens.reshape(batch, length, 1) == self.eos_token_ids).any(axis=2)
-        finished = self._row_finished[:, None] | (np.cumsum(is_eos, axis=1) > 0)
-        self._row_finished = finished[:, -1].copy()
-        return valid & ~finished.reshape(-1)
+            finished = np.zeros((batch, length), bool)
+        elif tokens is None or not len(self.eos_token_ids):
+            finished = np.repeat(self._row_finished[:, None], length, axis=1)
+        else:
+            # a generated end-of-sequence token ends its sequence: it and what follows are not routed work
+            is_eos = (tokens.reshape(batch, length, 1) == self.eos_token_ids).any(axis=2)
+            finished = self._row_finished[:, None] | (np.cumsum(is_eos, axis=1) > 0)
+            self._row_finished = finished[:, -1].copy()
+        seq_ids = np.repeat(self._row_seq_ids, length)
+        return valid & ~finished.reshape(-1) & (seq_ids >= 0), seq_ids  # a negative seq_id: row not recorded
 
 
-def _per_layer(values: np.ndarray, layers: int) -> np.ndarray:
-    """The same per-token values once for each layer, layer-major."""
-    return np.broadcast_to(values, (layers, len(values))).reshape(-1)
+_QUEUE_FORWARDS = 64
 
 
-def _load_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
-    """(layers, tokens, k) expert ids -> (layers, num_experts) token-routing counts."""
-    layers = experts.shape[0]
-    flat = (np.arange(layers)[:, None, None] * num_experts + experts).reshape(-1)
-    return np.bincount(flat, minlength=layers * num_experts).reshape(layers, num_experts)
+@dataclass
+class _HostForward:
+    """One forward's routing on the host, waiting to be written."""
+
+    step: int
+    phase: str
+    fired: tuple[int, ...]
+    experts: np.ndarray
+    """(layers, tokens, k)"""
+    gate: np.ndarray | None
+    pos: np.ndarray
+    tokens: np.ndarray | None
+    keep: np.ndarray
+    seq_ids: np.ndarray
+
+    def joins(self, other: _HostForward) -> bool:
+        """Whether `other` can be written in one vectorised block with this forward."""
+        return (
+            self.phase == other.phase
+            and self.fired == other.fired
+            and self.experts.shape == other.experts.shape
+            and (self.gate is None) == (other.gate is None)
+            and (self.tokens is None) == (other.tokens is None)
+        )
 
 
 def _describe_forward(args: tuple, kwargs: dict) -> _Forward:
@@ -280,6 +366,7 @@ def tracing(
     eos_token_ids: Iterable[int] | None = None,
     flush_rows: int = DEFAULT_FLUSH_ROWS,
     on_forward: Callable[[int], None] | None = None,
+    optimizer_steps: bool = False,
 ) -> Iterator[Tracer]:
     """Trace whatever forward passes run inside the block on an already loaded model.
 
@@ -288,7 +375,8 @@ def tracing(
         trace = moetrace.open_trace("traces/mine")
 
     Each prefill (a forward without a cache) starts new sequences, numbered from 0 unless
-    `tracer.begin_batch(seq_ids)` names them. The trace is marked complete when the block exits
+    `tracer.begin_batch(seq_ids)` names them. With `optimizer_steps`, load is summed over forwards
+    until `tracer.end_step()` (training). The trace is marked complete when the block exits
     normally; after an exception it stays readable and is marked incomplete.
     """
     blocks = find_moe_blocks(model)
@@ -298,17 +386,22 @@ def tracing(
     meta = TraceMeta.new(info, {"mode": "generate", **(run or {})})
     weights_type = pa.float16() if info.dtype in ("float16", "bfloat16") else pa.float32()
     writer = TraceWriter(out_dir, meta, weights_type=weights_type, flush_rows=flush_rows, force=force)
-    tracer = Tracer(model, writer, blocks, eos_token_ids=eos_token_ids, on_forward=on_forward).attach()
+    tracer = Tracer(
+        model, writer, blocks, eos_token_ids=eos_token_ids, on_forward=on_forward, optimizer_steps=optimizer_steps
+    ).attach()
     started = time.perf_counter()
     try:
         yield tracer
     except BaseException:
-        tracer.detach()
+        with contextlib.suppress(Exception):
+            tracer.detach()
         writer.close(complete=False)
         raise
     tracer.detach()
     seconds = round(time.perf_counter() - started, 3)
-    writer.close(complete=True, steps=tracer.step, routed_tokens=tracer.tokens_recorded, seconds=seconds)
+    writer.close(
+        complete=True, steps=tracer.step, routed_tokens=tracer.tokens_recorded, seconds=seconds, **tracer.run_updates
+    )
 
 
 def _eos_ids(value: Any) -> list[int]:

@@ -57,6 +57,11 @@ class TraceStats:
     temporal_locality: float | None = None
     inter_layer_predictability: float | None = None
     inter_layer_popularity: float | None = None
+    load_variance_start: float | None = None
+    """Windowed variance of the load shares over the first tenth of the training steps (100+ steps)."""
+    load_variance_end: float | None = None
+    """The same over the last fifth of the steps: well below the start once the load has settled."""
+    variance_window: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -85,9 +90,28 @@ def trace_stats(trace: Trace, hottest: int = 3) -> TraceStats:
         complete=meta.complete,
         layers=[_load_stats(layer, counts, hottest) for layer, counts in zip(meta.model.moe_layers, per_layer)],
     )
+    if phases.get("train", 0) >= 100:
+        shares = load.shares()[load.phases == "train"]
+        window = max(5, len(shares) // 100)
+        stats.variance_window = window
+        stats.load_variance_start = windowed_variance(shares[: len(shares) // 10], window)
+        stats.load_variance_end = windowed_variance(shares[-(len(shares) // 5) :], window)
     if trace.has_routes:
         _add_route_stats(trace, stats)
     return stats
+
+
+def windowed_variance(shares: np.ndarray, window: int) -> float:
+    """Mean over (layer, expert) series and non-overlapping windows of the variance within a window.
+
+    `shares` is (steps, layers, experts). High while load fluctuates (the transient phase of training),
+    low once it has settled (the stable phase).
+    """
+    usable = (len(shares) // window) * window
+    if usable == 0:
+        return float("nan")
+    blocks = shares[:usable].reshape(usable // window, window, *shares.shape[1:])
+    return float(blocks.var(axis=1).mean())
 
 
 def _load_stats(layer: int, counts: np.ndarray, hottest: int) -> LayerStats:
