@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from moetrace.models.demo_model import DemoSpec
 from moetrace.trace.reader import Trace
@@ -20,6 +21,10 @@ class DemoResult:
     traces: dict[str, Trace] = field(default_factory=dict)
     stats: dict[str, TraceStats] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
+    load_forecast: Any = None
+    """The load backtest on the training trace."""
+    paths: Any = None
+    """The path-prediction evaluation on the generation trace."""
 
 
 def run_demo(
@@ -51,14 +56,33 @@ def run_demo(
     shutil.copytree(demo_model_dir(spec) / TRAIN_TRACE, result.out / "train")
     train = open_trace(result.out / "train")
 
-    say("recording the demo model's routing while it generates from the built-in prompts")
+    say(
+        "recording the demo model's routing (and its pre-gating predictions) while it generates from the built-in prompts"
+    )
     generate = record(
         loaded.model, None, result.out / "generate", tokenizer=loaded.tokenizer, name=loaded.name, force=True,
-        max_new_tokens=max_new_tokens, progress=progress,
+        max_new_tokens=max_new_tokens, progress=progress, pregate=True,
     )  # fmt: skip
     for name, trace in (("train", train), ("generate", generate)):
         result.traces[name] = trace
         result.stats[name] = trace_stats(trace)
         figure = plot_load(trace.dense_load(), result.out / f"{name}-load.png", title=f"demo model: {name} load")
         result.figures.append(figure)
+
+    from moetrace.predict.load import LoadConfig, backtest_load
+    from moetrace.predict.path import PathConfig, evaluate_paths
+    from moetrace.report.plots import plot_load_backtest, plot_path_recall
+
+    say("forecasting the training load 100 and 400 steps ahead (rolling-origin backtest)")
+    steps = result.stats["train"].steps
+    config = LoadConfig(methods=("last", "mean", "window", "mlp"), horizons=(100, 400), warmup=max(1, steps // 2))
+    result.load_forecast = backtest_load(train, config)
+    result.figures.append(plot_load_backtest(result.load_forecast, result.out / "load-forecast.png"))
+
+    say("predicting each token's experts one and two layers ahead on unseen prompts")
+    result.paths = evaluate_paths(
+        generate, PathConfig(methods=("popularity", "markov", "mlp", "pregate"), lookaheads=(1, 2)),
+        predictor_options={"mlp": {"train_steps": 800, "hidden": 128}},
+    )  # fmt: skip
+    result.figures.append(plot_path_recall(result.paths, result.out / "path-recall.png"))
     return result

@@ -23,7 +23,8 @@ def demo_command(
     ] = Path("traces/demo"),
 ) -> None:
     """Show what moetrace does on the built-in demo model: train (cached), record, inspect, plot. No download, no GPU."""
-    from moetrace.cli.record import RecordProgress, ensure_demo_model
+    from moetrace.cli.progress import RecordProgress
+    from moetrace.cli.record import ensure_demo_model
     from moetrace.demo import run_demo
     from moetrace.report.tables import stats_renderable
 
@@ -33,6 +34,12 @@ def demo_command(
     for name, stats in result.stats.items():
         console.rule(f"{name} trace")
         console.print(stats_renderable(stats, str(result.traces[name].path)))
+    from moetrace.report.tables import load_backtest_renderable, path_renderable
+
+    console.rule("forecasting the training load")
+    console.print(load_backtest_renderable(result.load_forecast, str(result.traces["train"].path)))
+    console.rule("predicting routing paths")
+    console.print(path_renderable(result.paths, str(result.traces["generate"].path)))
     console.rule("done")
     for name, trace in result.traces.items():
         console.print(f"{name} trace → [bold]{trace.path}[/bold]")
@@ -47,7 +54,7 @@ def build_command(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even when a cached model exists.")] = False,
 ) -> None:
     """Train the demo model now (a few minutes on a CPU) and cache it."""
-    from moetrace.cli.record import TrainProgress
+    from moetrace.cli.progress import TrainProgress
     from moetrace.models.demo_model import build_demo_model
 
     with TrainProgress("building demo model") as progress:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from moetrace.cli.common import Device, Dtype, Force, Seed, console, handle_errors
+from moetrace.cli.progress import RecordProgress, TrainProgress
 
 TRAIN = "Training (--train)"
 
@@ -45,6 +44,13 @@ def record_command(
         bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run.")
     ] = False,
     force: Force = False,
+    pregate: Annotated[
+        bool,
+        typer.Option(
+            "--pregate",
+            help="Also store each token's pre-gating prediction: the next MoE layer's router applied to this layer's output (column pregate_experts).",
+        ),
+    ] = False,
     train: Annotated[
         bool,
         typer.Option(
@@ -83,6 +89,14 @@ def record_command(
         int,
         typer.Option(help="Sequences of the batch whose routes are recorded at those steps.", rich_help_panel=TRAIN),
     ] = 4,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch",
+            help="Re-initialise the model's weights (seeded) before training: same shape, trained from nothing.",
+            rich_help_panel=TRAIN,
+        ),
+    ] = False,
     save_model: Annotated[
         Path | None, typer.Option(help="Save the trained model and tokenizer to this folder.", rich_help_panel=TRAIN)
     ] = None,
@@ -106,7 +120,7 @@ def record_command(
 
         with TrainProgress("training") as progress:
             trace = record_training(
-                model, data, out, save_model=save_model, device=device, dtype="float32" if dtype == "auto" else dtype,
+                model, data, out, from_scratch=from_scratch, save_model=save_model, device=device, dtype="float32" if dtype == "auto" else dtype,
                 trust_remote_code=trust_remote_code, force=force, progress=progress.update, steps=steps,
                 batch_size=16 if batch_size is None else batch_size, seq_len=seq_len, lr=lr, aux_loss_coef=aux_loss_coef, grad_accum=grad_accum,
                 routes_every=routes_every, routes_sample=routes_sample, seed=seed,
@@ -125,6 +139,7 @@ def record_command(
             trace = record(
                 model, prompts, out, force=force, progress=progress.update, max_new_tokens=max_new_tokens,
                 batch_size=8 if batch_size is None else batch_size, device=device, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code,
+                pregate=pregate,
             )  # fmt: skip
         run = trace.meta.run
         console.print(
@@ -146,59 +161,3 @@ def ensure_demo_model() -> None:
     )
     with TrainProgress("building demo model") as progress:
         build_demo_model(progress=progress.update, say=lambda s: console.print(f"[bold]·[/bold] {s}"))
-
-
-P = TypeVar("P", bound="_LazyProgress")
-
-
-class _LazyProgress:
-    """A rich progress bar that appears on the first update (after models have loaded)."""
-
-    def __init__(self, *columns: object) -> None:
-        self.progress = Progress(*columns, console=console)  # type: ignore[arg-type]
-        self.task: TaskID | None = None
-        self.started = 0.0
-
-    def __enter__(self: P) -> P:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.task is not None:
-            self.progress.stop()
-
-    def _task(self, total: int, **fields: str) -> TaskID:
-        if self.task is None:
-            self.progress.start()
-            self.task = self.progress.add_task("", total=total, **fields)  # type: ignore[arg-type]
-            self.started = time.perf_counter()
-        return self.task
-
-
-class RecordProgress(_LazyProgress):
-    """Sequences done and tokens routed per second."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            TextColumn("recording"), BarColumn(), MofNCompleteColumn(), TextColumn("sequences"),
-            TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(),
-        )  # fmt: skip
-        self.tokens = 0
-
-    def update(self, done: int, total: int, tokens: int) -> None:
-        task = self._task(total, rate="")
-        self.tokens += tokens
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        self.progress.update(task, completed=done, rate=f"{self.tokens / elapsed:,.0f} tokens/s")
-
-
-class TrainProgress(_LazyProgress):
-    """Optimizer steps done and the current loss."""
-
-    def __init__(self, label: str) -> None:
-        super().__init__(
-            TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-            TextColumn("[cyan]loss {task.fields[loss]}"), TimeElapsedColumn(),
-        )  # fmt: skip
-
-    def update(self, done: int, total: int, loss: float) -> None:
-        self.progress.update(self._task(total, loss="–"), completed=done, loss=f"{loss:.3f}")

@@ -39,6 +39,12 @@ class MoEBlock:
     top_k: int
     expert_tensors: tuple[torch.Tensor, ...]
     """Tensors that hold all routed experts' weights of this block (leading axis or rows per expert)."""
+    decoder_layer: nn.Module | None = None
+    """The decoder layer that holds this block (its output feeds the next layer)."""
+    pre_norm: nn.Module | None = None
+    """The normalisation applied to the residual stream right before this block."""
+    select: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """This block's router with its own selection logic: (tokens, hidden) -> (tokens, k) expert ids."""
 
     @property
     def expert_bytes(self) -> int:
@@ -91,6 +97,26 @@ def decoder_layer_index(module_name: str) -> int:
     return int(match.group(1))
 
 
+def decoder_layer(model: nn.Module, module_name: str) -> nn.Module:
+    """The decoder layer module (`...layers.N`) that holds `module_name`."""
+    match = _LAYER_RE.search(module_name)
+    assert match is not None
+    return model.get_submodule(module_name[: match.end(1)].lstrip("."))
+
+
+def _router_selection(router: nn.Module, top_k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A router that returns its chosen expert ids among its outputs (transformers 5 top-k routers)."""
+
+    def select(hidden: torch.Tensor) -> torch.Tensor:
+        output = router(hidden)
+        for item in output if isinstance(output, tuple) else (output,):
+            if isinstance(item, torch.Tensor) and not item.is_floating_point() and item.shape[-1] == top_k:
+                return item
+        raise NotAMoEModelError(f"{type(router).__name__} does not return the expert ids it chooses")
+
+    return select
+
+
 def text_config(model: nn.Module) -> Any:
     config = getattr(model, "config")  # noqa: B009  (nn.Module's __getattr__ types it as a Tensor)
     return config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -138,6 +164,9 @@ def _experts_interface(model: nn.Module) -> list[MoEBlock]:
         top_k = _parent_top_k(model, name) or _config_int(config, "num_experts_per_tok", "moe_top_k", "top_k")
         if not isinstance(num_experts, int) or top_k is None:
             continue
+        parent = model.get_submodule(name.rsplit(".", 1)[0])
+        router = getattr(parent, "gate", None) or getattr(parent, "router", None)
+        layer = decoder_layer(model, name)
         blocks.append(
             MoEBlock(
                 layer=decoder_layer_index(name),
@@ -148,6 +177,9 @@ def _experts_interface(model: nn.Module) -> list[MoEBlock]:
                 num_experts=num_experts,
                 top_k=top_k,
                 expert_tensors=_stacked_expert_tensors(module, num_experts),
+                decoder_layer=layer,
+                pre_norm=getattr(layer, "post_attention_layernorm", None),
+                select=None if router is None else _router_selection(router, top_k),
             )
         )
     return blocks
@@ -162,6 +194,12 @@ def _dbrx(model: nn.Module) -> list[MoEBlock]:
             continue
         ffn_config = text_config(model).ffn_config
         mlp = module.mlp
+        ffn = model.get_submodule(name.rsplit(".", 1)[0])
+        layer = decoder_layer(model, name)
+
+        def select(hidden: torch.Tensor, ffn: nn.Module = ffn) -> torch.Tensor:
+            return getattr(ffn, "route_tokens_to_experts")(ffn.get_submodule("router")(hidden))[1]  # noqa: B009
+
         blocks.append(
             MoEBlock(
                 layer=decoder_layer_index(name),
@@ -172,6 +210,9 @@ def _dbrx(model: nn.Module) -> list[MoEBlock]:
                 num_experts=module.num_experts,
                 top_k=int(ffn_config.moe_top_k),
                 expert_tensors=(mlp.w1, mlp.v1, mlp.w2),
+                decoder_layer=layer,
+                pre_norm=layer.get_submodule("norm_attn_norm.norm_2"),
+                select=select,
             )
         )
     return blocks
@@ -195,6 +236,11 @@ def _llama4(model: nn.Module) -> list[MoEBlock]:
         if type(module).__name__ != "Llama4TextMoe":
             continue
         router, experts = module.router, module.experts
+        layer = decoder_layer(model, name)
+
+        def select(hidden: torch.Tensor, router: nn.Module = router) -> torch.Tensor:
+            return torch.topk(router(hidden)[1], int(getattr(router, "top_k")), dim=-1).indices  # noqa: B009
+
         blocks.append(
             MoEBlock(
                 layer=decoder_layer_index(name),
@@ -205,6 +251,9 @@ def _llama4(model: nn.Module) -> list[MoEBlock]:
                 num_experts=router.num_experts,
                 top_k=router.top_k,
                 expert_tensors=_stacked_expert_tensors(experts, router.num_experts),
+                decoder_layer=layer,
+                pre_norm=getattr(layer, "post_attention_layernorm", None),
+                select=select,
             )
         )
     return blocks

@@ -133,8 +133,8 @@ def build_demo_model(
     """
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
+    from moetrace.models.loading import quiet_transformers
     from moetrace.models.tokenizer import train_bpe_tokenizer
     from moetrace.trace.train import TrainConfig, tokenize_text, train_and_record
 
@@ -167,7 +167,7 @@ def build_demo_model(
     )  # fmt: skip
     run = {"data": "demo corpus", "data_tokens": len(tokens), "corpus_sha256": corpus_hash}
     train_and_record(model, tokens, work / TRAIN_TRACE, config, name=DEMO_NAME, run=run, progress=progress)
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     model.save_pretrained(work)
     tokenizer.save_pretrained(work)
     build = {"spec": asdict(spec), "corpus_sha256": corpus_hash, "seconds": round(time.perf_counter() - started, 1)}
@@ -186,8 +186,9 @@ def load_demo_model(
     """The demo model and its tokenizer, built first if it is not cached yet."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from moetrace.models.loading import LoadedModel
+    from moetrace.models.loading import LoadedModel, quiet_transformers
 
+    quiet_transformers()
     if not is_built(spec):
         say("the demo model is not built yet: building it once (a few minutes on a CPU)")
     folder = build_demo_model(spec, progress=progress, say=say)

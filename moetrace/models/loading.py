@@ -58,9 +58,8 @@ def load_model(
         loaded.model.to(device=target, dtype=torch_dtype if isinstance(torch_dtype, torch.dtype) else None)
         return loaded
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # moetrace shows its own progress; hub downloads keep theirs
+    quiet_transformers()
 
     path = Path(name).expanduser()
     if not path.exists() and looks_like_path(name):
@@ -81,6 +80,14 @@ def load_model(
     model.to(target)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name)
+
+
+def quiet_transformers() -> None:
+    """No weight-loading or shard-writing bars from transformers: moetrace shows its own progress
+    (hub downloads keep theirs)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _first_line(exc: BaseException) -> str:

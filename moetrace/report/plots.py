@@ -79,3 +79,72 @@ def plot_load(load: DenseLoad, path: str | Path, title: str = "", hottest: int =
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_load_backtest(result, path: str | Path, experts: int = 3) -> Path:  # type: ignore[no-untyped-def]
+    """Actual vs forecast shares of the hottest experts at the last origin, and error vs steps ahead."""
+    plt = _pyplot()
+    series = result.series
+    horizon = max(result.origins)
+    origin = int(result.origins[horizon][-1])
+    mean_share = series.shares.mean(axis=0)
+    layer = int(np.argmax(mean_share.max(axis=1)))
+    hottest = np.argsort(-mean_share[layer])[:experts]
+    fig, axes = plt.subplots(2, 1, figsize=(10, 8))
+    before = max(0, origin - 2 * horizon)
+    rows = np.arange(before, origin + horizon)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, expert in enumerate(hottest):
+        axes[0].plot(series.steps[rows], series.shares[rows, layer, expert], color=colors[i % len(colors)], lw=0.8, alpha=0.6,
+                     label=f"expert {expert} (actual)")  # fmt: skip
+    styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
+    for j, (method, _) in enumerate(result.fitted.items()):
+        predicted = result.forecasts.get((method, horizon))
+        if predicted is None:
+            continue
+        for i, expert in enumerate(hottest):
+            axes[0].plot(series.steps[origin : origin + horizon], predicted[-1, :, layer, expert], color=colors[i % len(colors)],
+                         lw=1.6, ls=styles[j % len(styles)], label=method if i == 0 else None)  # fmt: skip
+    axes[0].axvline(series.steps[origin], color="grey", lw=0.8)
+    axes[0].set_title(
+        f"layer {series.layers[layer]}: hottest experts, forecasts from step {series.steps[origin]} (H={horizon})"
+    )
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("share")
+    axes[0].legend(fontsize=7, ncol=3)
+    for method in result.fitted:
+        errors = result.error_by_step.get((method, horizon))
+        if errors is not None:
+            axes[1].plot(np.arange(1, len(errors) + 1), errors, lw=1, label=method)
+    axes[1].set_title(f"error vs steps ahead (mean over {len(result.origins[horizon])} origins)")
+    axes[1].set_xlabel("steps ahead")
+    axes[1].set_ylabel("mae (percentage points)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_path_recall(result, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
+    """Recall@k per source layer, a line per (method, lookahead)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5))
+    layers = result.test.layers
+    for row in result.results:
+        d = row["lookahead"]
+        targets = [layers[i + d] for i in range(len(row["per_layer"]))]
+        ax.plot(targets, row["per_layer"], marker="o", ms=3, lw=1, label=f"{row['method']}, {d} ahead")
+    ax.set_xlabel("target layer")
+    ax.set_ylabel(f"recall@{result.test.top_k}")
+    ax.set_ylim(0, 1)
+    ax.set_title("path prediction on unseen sequences")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -88,3 +88,88 @@ def stats_renderable(stats: TraceStats, path: str) -> Any:
         style="dim",
     )
     return Group(head, Text(""), table, note)
+
+
+def load_backtest_renderable(result: Any, path: str) -> Any:
+    """Method × horizon tables of a load backtest, one per phase (stable, transient, all)."""
+    series = result.series
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row(
+        "trace", f"{path} ({series.length:,} steps × {len(series.layers)} layers × {series.shares.shape[2]} experts)"
+    )
+    stable_step = series.steps[min(result.phases.stable_start, series.length - 1)]
+    head.add_row("phases", f"stable from step {stable_step}: {result.phases.describe()}")
+    origins = ", ".join(f"H={h}: {len(o)}" for h, o in result.origins.items())
+    head.add_row("origins", origins)
+    parts: list[Any] = [head]
+    horizons = sorted({r["horizon"] for r in result.results})
+    names = {m: f.describe() for m, f in result.fitted.items()}
+    phases_present = {r["phase"] for r in result.results} - {"all"}
+    for phase in ("stable", "transient", "all"):
+        rows = [r for r in result.results if r["phase"] == phase]
+        if not rows or (phase == "all" and len(phases_present) < 2):
+            continue
+        table = Table(title=f"{phase} phase: mae (percentage points) / tvd", title_justify="left", header_style="bold")
+        table.add_column("method")
+        for h in horizons:
+            table.add_column(f"H={h:,}", justify="right")
+        best = {h: min((r["mae_pp"] for r in rows if r["horizon"] == h), default=None) for h in horizons}
+        for method in dict.fromkeys(r["method"] for r in rows):
+            cells = []
+            for h in horizons:
+                row = next((r for r in rows if r["method"] == method and r["horizon"] == h), None)
+                if row is None:
+                    cells.append("–")
+                    continue
+                text = f"{row['mae_pp']:.3f} / {row['tvd']:.3f}"
+                cells.append(f"[bold green]{text}[/bold green]" if row["mae_pp"] == best[h] else text)
+            table.add_row(names.get(method, method), *cells)
+        parts += [Text(""), table]
+    for note in dict.fromkeys(result.notes):
+        parts.append(Text(f"note: {note}", style="yellow"))
+    return Group(*parts)
+
+
+def path_renderable(result: Any, path: str) -> Any:
+    """Method × lookahead recall@k of a path-prediction evaluation."""
+    import numpy as np
+
+    train, test = result.train, result.test
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("trace", f"{path} ({len(test.layers)} MoE layers × {test.num_experts} experts, top-{test.top_k})")
+    head.add_row(
+        "split",
+        f"train {train.tokens:,} tokens of {len(np.unique(train.seq_id)):,} sequences; test {test.tokens:,} tokens "
+        f"of {len(np.unique(test.seq_id)):,} unseen sequences",
+    )
+    lookaheads = sorted({r["lookahead"] for r in result.results})
+    table = Table(title=f"recall@{test.top_k} (µs per prediction)", title_justify="left", header_style="bold")
+    table.add_column("method")
+    for d in lookaheads:
+        table.add_column(f"{d} layer{'s' if d > 1 else ''} ahead", justify="right")
+    best = {d: max((r["recall"] for r in result.results if r["lookahead"] == d), default=None) for d in lookaheads}
+    for method in dict.fromkeys(r["method"] for r in result.results):
+        cells = []
+        for d in lookaheads:
+            row = next((r for r in result.results if r["method"] == method and r["lookahead"] == d), None)
+            if row is None:
+                cells.append("–")
+                continue
+            text = f"{row['recall']:.3f} ({row['us_per_prediction']:.1f} µs)"
+            cells.append(f"[bold green]{text}[/bold green]" if row["recall"] == best[d] else text)
+        table.add_row(method, *cells)
+    parts: list[Any] = [head, Text(""), table]
+    for note in dict.fromkeys(result.notes):
+        parts.append(Text(f"note: {note}", style="yellow"))
+    parts.append(
+        Text(
+            "recall@k: the share of a token's k experts at the target layer that the k predicted experts hold, "
+            "averaged over test tokens and source layers; µs: prediction time per token and layer on this machine.",
+            style="dim",
+        )
+    )
+    return Group(*parts)

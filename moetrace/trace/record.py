@@ -39,6 +39,8 @@ class RecordConfig:
     """Allow a hub model's own Python code to run."""
     flush_rows: int = DEFAULT_FLUSH_ROWS
     """Route rows per Parquet part."""
+    pregate: bool = False
+    """Also store, per token and MoE layer, the next MoE layer's router applied to this layer's output."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -109,6 +111,7 @@ def record(
             eos_token_ids=eos_ids,
             flush_rows=config.flush_rows,
             on_forward=on_forward,
+            pregate=config.pregate,
         ) as tracer,
         torch.inference_mode(),
     ):

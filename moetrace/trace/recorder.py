@@ -69,9 +69,13 @@ class Tracer:
         eos_token_ids: Iterable[int] = (),
         on_forward: Callable[[int], None] | None = None,
         optimizer_steps: bool = False,
+        pregate: bool = False,
     ) -> None:
         self.model = model
         self.optimizer_steps = optimizer_steps
+        self.pregate = pregate
+        if pregate:
+            _check_pregate(blocks)
         self.writer = writer
         self.blocks = blocks
         self.layers = np.array([b.layer for b in blocks], np.int16)
@@ -91,6 +95,7 @@ class Tracer:
         self._handles: list[Any] = []
         self._load_sum: torch.Tensor | None = None
         self._queue: list[_HostForward] = []
+        self._pregate_pending: list[torch.Tensor | None] = [None] * len(blocks)
         self.run_updates: dict[str, Any] = {}
         """Entries added to meta.json's `run` when the trace is closed."""
 
@@ -104,6 +109,10 @@ class Tracer:
                 self._handles.append(block.module.register_forward_pre_hook(self._block_pre_hook, with_kwargs=True))
             else:
                 self._handles.append(block.module.register_forward_hook(self._block_post_hook, with_kwargs=True))
+        if self.pregate:
+            for i, block in enumerate(self.blocks[:-1]):
+                hook = self._pregate_hook(i, self.blocks[i + 1])
+                self._handles.append(block.decoder_layer.register_forward_hook(hook))  # type: ignore[union-attr]
         return self
 
     def detach(self) -> None:
@@ -138,8 +147,22 @@ class Tracer:
 
     # -- hooks --------------------------------------------------------------------------------
 
+    def _pregate_hook(self, i: int, following: MoEBlock) -> Callable[..., None]:
+        """After block i's decoder layer: the next MoE block's router on that layer's output."""
+
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if self._forward is None:
+                return
+            hidden = output[0] if isinstance(output, tuple) else output
+            with torch.no_grad():
+                normed = following.pre_norm(hidden)  # type: ignore[misc]
+                self._pregate_pending[i] = following.select(normed.reshape(-1, normed.shape[-1]))  # type: ignore[misc]
+
+        return hook
+
     def _model_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._pending = [None] * len(self.blocks)
+        self._pregate_pending = [None] * len(self.blocks)
         self._forward = _describe_forward(args, kwargs)
 
     def _block_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -189,6 +212,14 @@ class Tracer:
         if has_weights:
             weights = torch.stack([p[1].reshape(-1, self.top_k) for p in pending])  # type: ignore[union-attr]
             pieces.append(weights.to(torch.float32).view(torch.int32).reshape(-1))
+        if self.pregate:
+            missing = torch.full_like(index[0], -1)
+            chosen = [self._pregate_pending[i] for i in fired]
+            pieces.append(
+                torch.stack([missing if c is None else c.reshape(missing.shape) for c in chosen])
+                .to(torch.int32)
+                .reshape(-1)
+            )
         pieces += [forward.pos.to(torch.int32).reshape(-1), forward.valid.to(torch.int32).reshape(-1)]
         if forward.tokens is not None:
             pieces.append(forward.tokens.to(torch.int32).reshape(-1))
@@ -202,6 +233,10 @@ class Tracer:
         if has_weights:
             gate = host[offset : offset + routed].view(np.float32).reshape(layers, tokens_in_forward, self.top_k)
             offset += routed
+        pregate = None
+        if self.pregate:
+            pregate = host[offset : offset + routed].reshape(layers, tokens_in_forward, self.top_k)
+            offset += routed
         pos = host[offset : offset + tokens_in_forward]
         valid = host[offset + tokens_in_forward : offset + 2 * tokens_in_forward].astype(bool)
         offset += 2 * tokens_in_forward
@@ -209,7 +244,7 @@ class Tracer:
 
         keep, seq_ids = self._keep_mask(forward, valid, tokens)
         phase = "train" if self.model.training else ("prefill" if forward.prefill else "decode")
-        record = _HostForward(self.step, phase, tuple(fired), experts, gate, pos, tokens, keep, seq_ids)
+        record = _HostForward(self.step, phase, tuple(fired), experts, gate, pos, tokens, keep, seq_ids, pregate)
         if self._queue and not self._queue[-1].joins(record):
             self.flush()
         self._queue.append(record)
@@ -244,6 +279,9 @@ class Tracer:
                 token_id=None if first.tokens is None else np.stack([r.tokens for r in group])[f_rows, t_rows],  # type: ignore[misc]
                 experts=experts,
                 weights=None if first.gate is None else np.stack([r.gate for r in group])[f_rows, l_rows, t_rows],  # type: ignore[misc]
+                pregate_experts=None
+                if first.pregate is None
+                else np.stack([r.pregate for r in group])[f_rows, l_rows, t_rows],  # type: ignore[misc]
             )
             if not self.optimizer_steps:
                 keys = ((f_rows * layers + l_rows)[:, None] * self.num_experts + experts).reshape(-1)
@@ -309,6 +347,8 @@ class _HostForward:
     tokens: np.ndarray | None
     keep: np.ndarray
     seq_ids: np.ndarray
+    pregate: np.ndarray | None = None
+    """(layers, tokens, k) the next MoE block's router on this layer's output; −1 where there is none."""
 
     def joins(self, other: _HostForward) -> bool:
         """Whether `other` can be written in one vectorised block with this forward."""
@@ -319,6 +359,17 @@ class _HostForward:
             and (self.gate is None) == (other.gate is None)
             and (self.tokens is None) == (other.tokens is None)
         )
+
+
+def _check_pregate(blocks: list[MoEBlock]) -> None:
+    from moetrace.errors import InvalidArgumentError
+
+    for block, following in zip(blocks, blocks[1:]):
+        if block.decoder_layer is None or following.pre_norm is None or following.select is None:
+            raise InvalidArgumentError(
+                f"--pregate is not supported for this model: the MoE block at layer {following.layer} has no "
+                "router and norm that moetrace can call on its own"
+            )
 
 
 def _describe_forward(args: tuple, kwargs: dict) -> _Forward:
@@ -367,6 +418,7 @@ def tracing(
     flush_rows: int = DEFAULT_FLUSH_ROWS,
     on_forward: Callable[[int], None] | None = None,
     optimizer_steps: bool = False,
+    pregate: bool = False,
 ) -> Iterator[Tracer]:
     """Trace whatever forward passes run inside the block on an already loaded model.
 
@@ -375,7 +427,8 @@ def tracing(
         trace = moetrace.open_trace("traces/mine")
 
     Each prefill (a forward without a cache) starts new sequences, numbered from 0 unless
-    `tracer.begin_batch(seq_ids)` names them. With `optimizer_steps`, load is summed over forwards
+    `tracer.begin_batch(seq_ids)` names them. With `pregate`, each row also stores the next MoE
+    layer's router applied to this layer's output (`pregate_experts`). With `optimizer_steps`, load is summed over forwards
     until `tracer.end_step()` (training). The trace is marked complete when the block exits
     normally; after an exception it stays readable and is marked incomplete.
     """
@@ -385,10 +438,16 @@ def tracing(
         eos_token_ids = _eos_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
     meta = TraceMeta.new(info, {"mode": "generate", **(run or {})})
     weights_type = pa.float16() if info.dtype in ("float16", "bfloat16") else pa.float32()
-    writer = TraceWriter(out_dir, meta, weights_type=weights_type, flush_rows=flush_rows, force=force)
+    if pregate:
+        _check_pregate(blocks)
+    extra = ("pregate_experts",) if pregate else ()
+    writer = TraceWriter(
+        out_dir, meta, weights_type=weights_type, extra_columns=extra, flush_rows=flush_rows, force=force
+    )
     tracer = Tracer(
-        model, writer, blocks, eos_token_ids=eos_token_ids, on_forward=on_forward, optimizer_steps=optimizer_steps
-    ).attach()
+        model, writer, blocks, eos_token_ids=eos_token_ids, on_forward=on_forward, optimizer_steps=optimizer_steps,
+        pregate=pregate,
+    ).attach()  # fmt: skip
     started = time.perf_counter()
     try:
         yield tracer

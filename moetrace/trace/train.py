@@ -204,6 +204,7 @@ def record_training(
     out: str | Path = "trace",
     *,
     tokenizer: Any = None,
+    from_scratch: bool = False,
     save_model: str | Path | None = None,
     device: str = "auto",
     dtype: str = "float32",
@@ -213,7 +214,8 @@ def record_training(
     **options: Any,
 ) -> Trace:
     """Train `model` (hub id, folder, loaded model, or None for the built-in model) on `data` for
-    `steps` optimizer steps and record its per-step expert load; other options: `TrainConfig`."""
+    `steps` optimizer steps and record its per-step expert load; other options: `TrainConfig`.
+    With `from_scratch` the model's weights are first re-initialised (seeded): same shape, no training."""
     from moetrace.models.loading import LoadedModel, load_model
 
     config = TrainConfig(**options)
@@ -229,6 +231,8 @@ def record_training(
     if loaded.tokenizer is None:
         raise InvalidArgumentError("training on text needs the model's tokenizer")
     tokens = tokenize_text(loaded.tokenizer, text, loaded.tokenizer.eos_token_id)
+    if from_scratch:
+        loaded.model = _reinitialised(loaded.model, config.seed)
     torch.manual_seed(config.seed)
     trace = train_and_record(
         loaded.model, tokens, out, config, name=loaded.name, run={"data": source, "data_tokens": len(tokens)},
@@ -238,6 +242,17 @@ def record_training(
         loaded.model.save_pretrained(save_model)
         loaded.tokenizer.save_pretrained(save_model)
     return trace
+
+
+def _reinitialised(model: Any, seed: int) -> Any:
+    """A model of the same configuration with fresh seeded weights, on the same device and dtype."""
+    from transformers import AutoModelForCausalLM
+
+    parameter = next(model.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = AutoModelForCausalLM.from_config(model.config)
+    return fresh.to(device=parameter.device, dtype=parameter.dtype)
 
 
 def _name(model: Any) -> str:

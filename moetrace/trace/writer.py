@@ -91,9 +91,11 @@ class _PartBuffer:
                 np.zeros((n, width), value_type) if c is None else c.astype(value_type) for c, n in zip(chunks, lengths)
             ]
             values = pa.array(np.concatenate(filled).reshape(-1), dtype.value_type)
-            mask = None
-            if any(c is None for c in chunks):
-                mask = pa.array(np.concatenate([np.full(n, c is None) for c, n in zip(chunks, lengths)]))
+            # a row is null where its chunk was None, or where it holds −1 (no value: e.g. no next MoE layer)
+            missing = np.concatenate(
+                [f[:, 0] < 0 if c is not None else np.ones(n, bool) for c, f, n in zip(chunks, filled, lengths)]
+            )
+            mask = pa.array(missing) if missing.any() else None
             return pa.FixedSizeListArray.from_arrays(values, width, mask=mask)
         if any(c is None for c in chunks):
             parts = [pa.nulls(n, dtype) if c is None else pa.array(c, dtype) for c, n in zip(chunks, lengths)]

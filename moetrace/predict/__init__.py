@@ -1,0 +1,1 @@
+"""Forecasting expert load (`load`) and routing paths (`path`) from traces."""

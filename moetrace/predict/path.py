@@ -1,0 +1,208 @@
+"""Routing-path prediction: fit predictors on training tokens, measure recall@k on unseen sequences."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moetrace.errors import InvalidArgumentError, MoetraceError
+from moetrace.predict.paths import PathPredictor, make_path_predictor
+from moetrace.predict.paths.data import PathData, path_data, recall_at_k
+from moetrace.trace.reader import Trace
+
+DEFAULT_METHODS = ("popularity", "markov", "mlp")
+PREDICTOR_KIND = "moetrace-path-predictor"
+
+#: progress(units_done, units_total, description)
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class PathConfig:
+    """How path predictors are trained and evaluated; saved with them."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    lookaheads: tuple[int, ...] = (1,)
+    split: float = 0.8
+    """Share of sequences to train on when no test trace is given (split by sequence)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise InvalidArgumentError("give at least one --method")
+        if not self.lookaheads or min(self.lookaheads) < 1:
+            raise InvalidArgumentError(f"--lookahead must be at least 1, got {list(self.lookaheads)}")
+
+
+@dataclass
+class PathEvaluation:
+    config: PathConfig
+    train: PathData
+    test: PathData
+    results: list[dict[str, Any]] = field(default_factory=list)
+    """{method, lookahead, recall, per_layer, us_per_prediction}"""
+    predictors: dict[str, PathPredictor] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "results": self.results,
+            "train": {"tokens": self.train.tokens, "sequences": int(len(np.unique(self.train.seq_id)))},
+            "test": {"tokens": self.test.tokens, "sequences": int(len(np.unique(self.test.seq_id)))},
+            "layers": list(self.test.layers),
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.config).items()},
+            "notes": self.notes,
+        }
+
+
+def check_lookaheads(lookaheads: tuple[int, ...], layers: int) -> None:
+    if max(lookaheads) >= layers:
+        raise InvalidArgumentError(
+            f"lookahead {max(lookaheads)} is past the last layer: the trace has {layers} MoE layers, "
+            f"so a lookahead is at most {layers - 1}"
+        )
+
+
+def evaluate_paths(
+    trace: Trace,
+    config: PathConfig,
+    *,
+    test_trace: Trace | None = None,
+    load: str | Path | None = None,
+    progress: Progress | None = None,
+    predictor_options: dict[str, dict[str, Any]] | None = None,
+) -> PathEvaluation:
+    """Fit each method on the training tokens and report recall@k per lookahead on the test tokens.
+
+    Without `test_trace` the trace's sequences are split (`config.split` to train); with `load`, a
+    saved predictor is evaluated instead of fitting one.
+    """
+    loaded = load_path_predictor(load, trace) if load is not None else None
+    vocabulary = loaded.vocabulary if loaded is not None else None
+    data = path_data(trace, vocabulary)
+    check_lookaheads(config.lookaheads, len(data.layers))
+    if test_trace is not None:
+        _same_shape(trace, test_trace, "--test-trace")
+        train, test = data, path_data(test_trace, data.vocabulary)
+    else:
+        train, test = data.split(config.split, config.seed)
+    result = PathEvaluation(config=config, train=train, test=test)
+    units, done = len(config.methods) * (1 + len(config.lookaheads)), 0
+    for method in config.methods:
+        if loaded is not None:
+            if loaded.name != method:
+                raise InvalidArgumentError(f"--load holds a {loaded.name} predictor, not {method}")
+            predictor = loaded
+        else:
+            predictor = make_path_predictor(method, **(predictor_options or {}).get(method, {}))
+            usable = tuple(
+                d for d in config.lookaheads if predictor.max_lookahead is None or d <= predictor.max_lookahead
+            )
+            if progress is not None:
+                progress(done, units, f"fitting {method}")
+            predictor.fit(train, usable)
+        result.predictors[method] = predictor
+        done += 1
+        for d in config.lookaheads:
+            if progress is not None:
+                progress(done, units, f"{method}, lookahead {d}")
+            done += 1
+            if predictor.max_lookahead is not None and d > predictor.max_lookahead:
+                result.notes.append(f"{method} answers lookahead ≤ {predictor.max_lookahead} only")
+                continue
+            per_layer, seconds = [], 0.0
+            for source in range(len(test.layers) - d):
+                started = time.perf_counter()
+                predicted = predictor.predict(test, source, d, k=test.top_k)
+                seconds += time.perf_counter() - started
+                per_layer.append(float(recall_at_k(predicted, test.experts[:, source + d]).mean()))
+            result.results.append(
+                {
+                    "method": method,
+                    "lookahead": d,
+                    "recall": float(np.mean(per_layer)),
+                    "per_layer": per_layer,
+                    "us_per_prediction": 1e6 * seconds / (test.tokens * len(per_layer)),
+                }
+            )
+    if progress is not None:
+        progress(units, units, "done")
+    return result
+
+
+def _same_shape(trace: Trace, other: Trace, what: str) -> None:
+    a, b = trace.meta.model, other.meta.model
+    if (a.num_experts, a.top_k, a.moe_layers) != (b.num_experts, b.top_k, b.moe_layers):
+        raise InvalidArgumentError(
+            f"{what} has {len(b.moe_layers)} MoE layers × {b.num_experts} experts, top-{b.top_k}; the trace has "
+            f"{len(a.moe_layers)} × {a.num_experts}, top-{a.top_k}"
+        )
+
+
+def save_path_predictor(predictor: PathPredictor, path: str | Path, trace: Trace, lookaheads: tuple[int, ...]) -> None:
+    """Save a fitted predictor with what it was fitted for: model shape, method, lookaheads, trace hash."""
+    import torch
+
+    from moetrace.predict.load import trace_hash
+
+    model = trace.meta.model
+    torch.save(
+        {
+            "kind": PREDICTOR_KIND,
+            "version": 1,
+            "method": predictor.name,
+            "options": predictor.options,
+            "state": predictor.state(),
+            "model": {
+                "num_experts": model.num_experts,
+                "top_k": model.top_k,
+                "moe_layers": list(model.moe_layers),
+                "name": model.name,
+            },
+            "lookaheads": list(lookaheads),
+            "trace_hash": trace_hash(trace),
+            "trained_on": str(trace.path),
+            "vocabulary": predictor.vocabulary,
+        },
+        path,
+    )
+
+
+def load_path_predictor(path: str | Path, trace: Trace | None = None) -> PathPredictor:
+    """A predictor saved by `predict path --save`; refused when saved for another model shape than `trace`'s."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MoetraceError(f"predictor file {path} does not exist")
+    try:
+        saved = torch.load(path, weights_only=False)
+    except Exception as exc:  # torch.load raises many kinds (pickle, zip, runtime) for a foreign file
+        raise MoetraceError(f"{path} is not a saved moetrace path predictor: {str(exc).splitlines()[0]}") from None
+    if not isinstance(saved, dict) or saved.get("kind") != PREDICTOR_KIND:
+        raise MoetraceError(f"{path} is not a saved moetrace path predictor")
+    shape = saved["model"]
+    if trace is not None:
+        model = trace.meta.model
+        if (model.num_experts, model.top_k, list(model.moe_layers)) != (
+            shape["num_experts"],
+            shape["top_k"],
+            shape["moe_layers"],
+        ):
+            raise InvalidArgumentError(
+                f"predictor {path} was saved for a model with {len(shape['moe_layers'])} MoE layers × "
+                f"{shape['num_experts']} experts, top-{shape['top_k']}; this trace's model has {len(model.moe_layers)} × "
+                f"{model.num_experts}, top-{model.top_k}"
+            )
+    predictor = make_path_predictor(saved["method"], **saved["options"])
+    predictor.num_experts, predictor.top_k = shape["num_experts"], shape["top_k"]
+    predictor.layers = tuple(shape["moe_layers"])
+    predictor.restore(saved["state"])
+    predictor.vocabulary = saved.get("vocabulary")
+    predictor.lookaheads = tuple(saved["lookaheads"])
+    return predictor
