@@ -23,7 +23,7 @@ def _data(experts: list, seq_id: list | None = None, num_experts: int = 3) -> Pa
     n = len(array)
     return PathData(
         experts=array, seq_id=np.array(seq_id if seq_id is not None else range(n)), pos=np.zeros(n, np.int64),
-        token_id=None, pregate=None, layers=tuple(range(array.shape[1])), num_experts=num_experts,
+        step=np.zeros(n, np.int64), token_id=None, pregate=None, layers=tuple(range(array.shape[1])), num_experts=num_experts,
     )  # fmt: skip
 
 

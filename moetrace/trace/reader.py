@@ -276,3 +276,16 @@ def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def token_index(step: np.ndarray, seq_id: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct tokens of route rows: ((tokens, 3) sorted (step, seq_id, pos) rows, each row's token)."""
+    step, seq_id, pos = (np.asarray(a, np.int64) for a in (step, seq_id, pos))
+    if len(step) == 0:
+        return np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
+    lows = [int(a.min()) for a in (step, seq_id, pos)]
+    spans = [int(a.max()) - low + 1 for a, low in zip((step, seq_id, pos), lows)]
+    combined = ((step - lows[0]) * spans[1] + (seq_id - lows[1])) * spans[2] + (pos - lows[2])
+    unique, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+    keys = np.stack([step[first], seq_id[first], pos[first]], axis=1)
+    return keys, inverse.reshape(-1)

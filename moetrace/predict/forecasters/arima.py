@@ -4,8 +4,9 @@ A series is fitted on at most `fit_window` steps before an origin and forecast H
 default it is fitted once, at the first origin, and later origins re-run its filter over their own
 history with those parameters (no data after an origin is ever used); with `refit` it is refitted
 at every origin, warm-started from the previous origin's parameters (several times slower). A fit that fails or does not
-converge falls back to the window forecast for that series and origin; the forecaster counts them
-and warns once.
+converge, or whose forecast leaves the history's range widened by that range on either side (an
+explosive fit), falls back to the window forecast for that series and origin; the forecaster
+counts them and warns once.
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ class Arima(LoadForecaster):
         self.fits += len(jobs) * len(origins)
         if failed:
             warnings.warn(
-                f"ARIMA{self.order} failed to converge on {failed} of {len(jobs) * len(origins)} series fits; "
-                f"those forecast with window (w={self.fallback.window})",
+                f"ARIMA{self.order} failed to converge or diverged on {failed} of {len(jobs) * len(origins)} series "
+                f"forecasts; those forecast with window (w={self.fallback.window})",
                 stacklevel=2,
             )
         return out
@@ -140,13 +141,16 @@ def _fit_series(job: tuple) -> tuple[np.ndarray, np.ndarray, int]:
                 if fitted is not None and not refit:
                     result = fitted.apply(y)  # the same parameters, filtered over this origin's history
                 else:
-                    model = ARIMA(y, order=order)  # stationary and invertible: no explosive forecasts
+                    # unconstrained parameters fit several times faster; a forecast that diverges is refused below
+                    model = ARIMA(y, order=order, enforce_stationarity=False, enforce_invertibility=False)
                     start = None if fitted is None else fitted.params
                     result = model.fit(start_params=start, cov_type="none", method_kwargs={"maxiter": 200})
                 prediction = result.forecast(horizon)
             except (ConvergenceWarning, ValueError, np.linalg.LinAlgError, IndexError):
                 continue
-        if np.all(np.isfinite(prediction)) and prediction.min() > -0.5 and prediction.max() < 1.5:  # a share
+        low, high = y.min(), y.max()
+        spread = high - low
+        if np.all(np.isfinite(prediction)) and prediction.min() >= low - spread and prediction.max() <= high + spread:
             forecasts[i] = prediction
             ok[i] = True
             fitted = result

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moetrace.errors import InvalidArgumentError, TraceFormatError
-from moetrace.trace.reader import Trace
+from moetrace.trace.reader import Trace, token_index
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,8 @@ class PathData:
     """(tokens, layers, k) int64: the experts at each MoE layer, in the router's order."""
     seq_id: np.ndarray
     pos: np.ndarray
+    step: np.ndarray
+    """(tokens,) the forward pass (or optimizer step) each token was routed in."""
     token_id: np.ndarray | None
     """(tokens,) input token ids, or ids of the token texts of an imported trace, or None."""
     pregate: np.ndarray | None
@@ -40,6 +42,7 @@ class PathData:
             experts=self.experts[rows],
             seq_id=self.seq_id[rows],
             pos=self.pos[rows],
+            step=self.step[rows],
             token_id=None if self.token_id is None else self.token_id[rows],
             pregate=None if self.pregate is None else self.pregate[rows],
             layers=self.layers,
@@ -77,9 +80,7 @@ def path_data(trace: Trace, vocabulary: dict[str, int] | None = None) -> PathDat
     layers = trace.meta.model.moe_layers
     layer_pos = np.full(max(layers) + 1, -1, np.int64)
     layer_pos[list(layers)] = np.arange(len(layers))
-    token_key = np.stack([routes["step"], routes["seq_id"], routes["pos"]], axis=1).astype(np.int64)
-    keys, token_row = np.unique(token_key, axis=0, return_inverse=True)
-    token_row = token_row.reshape(-1)
+    keys, token_row = token_index(routes["step"], routes["seq_id"], routes["pos"])
     n_tokens, n_layers, k = len(keys), len(layers), trace.meta.model.top_k
     experts = np.full((n_tokens, n_layers, k), -1, np.int64)
     experts[token_row, layer_pos[routes["layer"]]] = routes["experts"]
@@ -101,7 +102,7 @@ def path_data(trace: Trace, vocabulary: dict[str, int] | None = None) -> PathDat
             vocabulary = {text: i + 1 for i, text in enumerate(sorted(set(texts.tolist())))}
         token_id = np.array([vocabulary.get(text, 0) for text in texts.tolist()], np.int64)
     data = PathData(
-        experts=experts, seq_id=keys[:, 1], pos=keys[:, 2], token_id=token_id, pregate=pregate,
+        experts=experts, seq_id=keys[:, 1], pos=keys[:, 2], step=keys[:, 0], token_id=token_id, pregate=pregate,
         layers=tuple(layers), num_experts=trace.meta.model.num_experts, vocabulary=vocabulary,
     )  # fmt: skip
     if not complete.all():

@@ -1,0 +1,1 @@
+"""Replaying recorded routing against expert-cache policies (DESIGN.md "Replay semantics")."""
