@@ -25,6 +25,8 @@ class DemoResult:
     """The load backtest on the training trace."""
     paths: Any = None
     """The path-prediction evaluation on the generation trace."""
+    simulation: Any = None
+    """Cache policies replayed on the generation trace."""
 
 
 def run_demo(
@@ -77,7 +79,9 @@ def run_demo(
     horizons = (max(1, steps // 20), max(1, steps // 5))  # 100 and 400 steps for the 2,000-step demo run
     say(f"forecasting the training load {horizons[0]} and {horizons[1]} steps ahead (rolling-origin backtest)")
     methods = ("last", "mean", "window", "mlp") if steps >= 500 else ("last", "mean", "window")
-    config = LoadConfig(methods=methods, horizons=horizons, warmup=max(1, steps // 2), window=min(100, max(1, steps // 4)))
+    config = LoadConfig(
+        methods=methods, horizons=horizons, warmup=max(1, steps // 2), window=min(100, max(1, steps // 4))
+    )
     result.load_forecast = backtest_load(train, config)
     result.figures.append(plot_load_backtest(result.load_forecast, result.out / "load-forecast.png"))
 
@@ -87,4 +91,16 @@ def run_demo(
         predictor_options={"mlp": {"train_steps": 800, "hidden": 128}},
     )  # fmt: skip
     result.figures.append(plot_path_recall(result.paths, result.out / "path-recall.png"))
+
+    from moetrace.report.plots import plot_hit_rates
+    from moetrace.sim.simulate import SimConfig, simulate
+
+    say("replaying the generation trace against expert-cache policies (a quarter and half of the experts cached)")
+    experts = generate.meta.model.num_experts
+    capacities = tuple(
+        sorted({max(generate.meta.model.top_k, experts // 4), max(generate.meta.model.top_k, experts // 2)})
+    )
+    policies = ("lru", "lfu", "belady", "static", "lru+pregate", "lru+oracle")
+    result.simulation = simulate(generate, SimConfig(policies=policies, capacities=capacities, layer_time=50e-6))
+    result.figures.append(plot_hit_rates(result.simulation, result.out / "hit-rates.png"))
     return result

@@ -40,6 +40,10 @@ def demo_command(
     console.print(load_backtest_renderable(result.load_forecast, str(result.traces["train"].path)))
     console.rule("predicting routing paths")
     console.print(path_renderable(result.paths, str(result.traces["generate"].path)))
+    from moetrace.report.tables import simulate_renderable
+
+    console.rule("simulating expert caches")
+    console.print(simulate_renderable(result.simulation, str(result.traces["generate"].path)))
     console.rule("done")
     for name, trace in result.traces.items():
         console.print(f"{name} trace → [bold]{trace.path}[/bold]")

@@ -148,3 +148,26 @@ def plot_path_recall(result, path: str | Path) -> Path:  # type: ignore[no-untyp
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_hit_rates(result, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
+    """Hit rate against capacity, a line per policy; LRU's whole curve from its stack distances."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5))
+    if result.lru_curve is not None:
+        capacities, rates = result.lru_curve
+        ax.plot(capacities, rates, color="grey", lw=1, label="lru (every capacity)")
+    for policy in dict.fromkeys(r["policy"] for r in result.results):
+        rows = sorted((r for r in result.results if r["policy"] == policy), key=lambda r: r["capacity"])
+        ax.plot([r["capacity"] for r in rows], [r["hit_rate"] for r in rows], marker="o", ms=4, label=policy)
+    ax.set_xlabel("capacity (experts" + (" in the pool)" if result.config.pool else " per layer)"))
+    ax.set_ylabel("hit rate")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"expert cache hit rate ({result.stream.order} order)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

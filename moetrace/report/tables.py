@@ -173,3 +173,76 @@ def path_renderable(result: Any, path: str) -> Any:
         )
     )
     return Group(*parts)
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1000
+    return str(value)
+
+
+def _time(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def simulate_renderable(result: Any, path: str) -> Any:
+    """Policy × capacity table of a replay, with the cost model's times and the baselines."""
+    stream, config = result.stream, result.config
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row(
+        "trace", f"{path} ({len(stream.layers)} MoE layers × {stream.num_experts} experts, top-{stream.top_k})"
+    )
+    head.add_row(
+        "stream",
+        f"{stream.order} order: {stream.requests:,} requests, {stream.accesses:,} expert accesses, {stream.tokens:,} tokens",
+    )
+    cost = f"{_bytes(config.bandwidth)}/s host→device, layer compute {_time(config.layer_time)}"
+    head.add_row("cost model", f"{cost}, expert {_bytes(result.expert_bytes or 0)}, one copy engine")
+    rows = result.results
+    if rows:
+        head.add_row("baselines", f"all experts on the GPU {_time(rows[0]['all_in_gpu_time_per_token_s'])} per token; "
+                     f"no cache {_time(rows[0]['no_cache_time_per_token_s'])} per token")  # fmt: skip
+    table = Table(
+        title="per policy and capacity" + (" (one pool)" if config.pool else " (per layer)"),
+        title_justify="left",
+        header_style="bold",
+    )
+    for name, justify in [("policy", "left"), ("capacity", "right"), ("hit rate", "right"), ("misses", "right"),
+                          ("loads", "right"), ("bytes", "right"), ("stall", "right"), ("time/token", "right"),
+                          ("prefetch acc.", "right"), ("wasted", "right")]:  # fmt: skip
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    best = {c: max(r["hit_rate"] for r in rows if r["capacity"] == c) for c in {r["capacity"] for r in rows}}
+    for r in rows:
+        rate = f"{100 * r['hit_rate']:.2f}%"
+        table.add_row(
+            r["policy"], str(r["capacity"]), f"[bold green]{rate}[/bold green]" if r["hit_rate"] == best[r["capacity"]] else rate,
+            f"{r['misses']:,}", f"{r['loads']:,}", _bytes(r["bytes"]), _time(r["stall_s"]), _time(r["time_per_token_s"]),
+            f"{100 * r['prefetch_accuracy']:.1f}%" if "prefetch_accuracy" in r else "–",
+            f"{r['wasted_loads']:,}" if "wasted_loads" in r else "–",
+        )  # fmt: skip
+    parts: list[Any] = [head, Text(""), table]
+    if result.scheduling:
+        sched = Table(
+            title=f"token scheduling, batches of {config.batch_size} tokens per round",
+            title_justify="left",
+            header_style="bold",
+        )
+        for name in ("schedule", "policy", "capacity", "experts per forward·layer", "hit rate", "loads"):
+            sched.add_column(name, justify="left" if name in ("schedule", "policy") else "right")
+        for r in result.scheduling:
+            sched.add_row(r["schedule"], r["policy"], str(r["capacity"]), f"{r['experts_per_forward_layer']:.2f}",
+                          f"{100 * r['hit_rate']:.2f}%", f"{r['loads']:,}")  # fmt: skip
+        parts += [Text(""), sched]
+    for note in result.notes:
+        parts.append(Text(f"note: {note}", style="yellow"))
+    parts.append(Text("hit: the expert was resident when its layer started; loads count demand misses and prefetches; "
+                      "stall: time layers waited for transfers.", style="dim"))  # fmt: skip
+    return Group(*parts)

@@ -21,13 +21,11 @@ def targets(stream: Stream, depth: int) -> np.ndarray:
     """For each request, the request of the same unit `depth` layers later (−1 if none)."""
     layers = len(stream.layers)
     key = stream.unit * layers + stream.layer
+    order = np.argsort(key, kind="stable")
     wanted = key + depth
-    found = np.searchsorted(key, wanted)
-    found = np.minimum(found, len(key) - 1)
-    ok = (key[found] == wanted) & (stream.layer + depth < layers)
-    if not np.all(np.diff(key) > 0):
-        raise InvalidArgumentError("the stream's requests are not ordered by unit and layer")
-    return np.where(ok, found, -1)
+    found = np.minimum(np.searchsorted(key[order], wanted), len(key) - 1)
+    ok = (key[order][found] == wanted) & (stream.layer + depth < layers)
+    return np.where(ok, order[found], -1)
 
 
 def plan(

@@ -22,7 +22,7 @@ class PathMlpPredictor(PathPredictor):
     def __init__(
         self,
         context: int = 4,
-        hidden: int = 256,
+        hidden: int = 512,
         train_steps: int = 3000,
         batch: int = 1024,
         lr: float = 2e-3,
@@ -62,7 +62,8 @@ class PathMlpPredictor(PathPredictor):
                 inputs = self._inputs(experts, rows, source)
                 target = torch.zeros(self.batch, self.num_experts)
                 target.scatter_(1, experts[rows, source + d], 1.0)
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(net(inputs, source, tokens[rows]), target)
+                logits = net(inputs, source, tokens[rows], source + d)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -90,8 +91,9 @@ class PathMlpPredictor(PathPredictor):
         rows = torch.arange(data.tokens)
         tokens = torch.as_tensor(data.token_id if data.token_id is not None else np.full(data.tokens, -1))
         with torch.inference_mode():
-            inputs = self._inputs(torch.as_tensor(data.experts), rows, torch.full((data.tokens,), source))
-            return net(inputs, torch.full((data.tokens,), source), tokens).numpy()
+            layer = torch.full((data.tokens,), source)
+            inputs = self._inputs(torch.as_tensor(data.experts), rows, layer)
+            return net(inputs, layer, tokens, layer + lookahead).numpy()
 
     def state(self) -> dict[str, Any]:
         return {"nets": {d: net.state_dict() for d, net in self.nets.items()}}

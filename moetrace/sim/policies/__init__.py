@@ -49,7 +49,9 @@ def get_policy(name: str) -> Policy:
 def policy_names() -> list[str]:
     """Demand policies, then `static`, then the prefetching forms (`base+predictor`)."""
     _load()
-    return [*POLICIES, "static", "lru+markov", "lru+mlp", "lru+pregate", "lru+oracle"]
+    usual = ("lru", "fifo", "lfu", "belady")
+    ordered = sorted(POLICIES, key=lambda name: usual.index(name) if name in usual else len(usual))
+    return [*ordered, "static", "lru+markov", "lru+mlp", "lru+pregate", "lru+oracle"]
 
 
 def _load() -> None:
