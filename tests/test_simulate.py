@@ -121,8 +121,10 @@ def test_invariants(stream) -> None:  # type: ignore[no-untyped-def]
     hits = {p: [replay(stream, p, c).hits for c in capacities] for p in ("lru", "fifo", "lfu", "belady")}
     for policy in ("lru", "fifo", "lfu"):
         assert all(b >= h for b, h in zip(hits["belady"], hits[policy]))
-    for c, counts in zip(capacities, (replay(stream, "lru", c) for c in capacities)):
-        assert counts.hits + counts.misses == stream.accesses
+    for policy in ("lru", "fifo", "lfu", "belady"):
+        for capacity in capacities:
+            counts = replay(stream, policy, capacity)
+            assert counts.hits + counts.misses == stream.accesses
     for policy in ("lru", "belady"):
         assert hits[policy] == sorted(hits[policy])  # never falls as capacity grows
     oracle = plan(stream, "oracle", depth=1) if len(stream.layers) > 1 else None
