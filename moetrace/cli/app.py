@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from moetrace import __version__
-from moetrace.cli import demo, importer, inspect, predict, record, simulate
+from moetrace.cli import demo, importer, inspect, predict, record, run, simulate
 
 app = typer.Typer(
     name="moetrace",
@@ -22,6 +22,7 @@ app.command("import")(importer.import_command)
 app.command("demo")(demo.demo_command)
 app.add_typer(predict.predict_app, name="predict")
 app.command("simulate")(simulate.simulate_command)
+app.command("run")(run.run_command)
 app.add_typer(demo.demo_model_app, name="demo-model")
 
 

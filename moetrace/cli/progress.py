@@ -39,9 +39,9 @@ class LazyProgress:
 class RecordProgress(LazyProgress):
     """Sequences done and tokens routed per second."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "recording") -> None:
         super().__init__(
-            TextColumn("recording"), BarColumn(), MofNCompleteColumn(), TextColumn("sequences"),
+            TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("sequences"),
             TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(),
         )  # fmt: skip
         self.tokens = 0

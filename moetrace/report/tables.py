@@ -246,3 +246,37 @@ def simulate_renderable(result: Any, path: str) -> Any:
     parts.append(Text("hit: the expert was resident when its layer started; loads count demand misses and prefetches; "
                       "stall: time layers waited for transfers.", style="dim"))  # fmt: skip
     return Group(*parts)
+
+
+def run_renderable(report: Any) -> Any:
+    """What `moetrace run` did: throughput, cache, memory, and the baseline when asked."""
+    data = report.to_dict()
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    config = report.config
+    mode = (f"offloaded: {config['policy']}, {report.capacity} slots {'in one pool' if config['pool'] else 'per layer'}"
+            if config["offload"] else "every expert on the device")  # fmt: skip
+    grid.add_row("run", f"{len(report.generated)} prompts on {report.device}, {mode}")
+    grid.add_row("prefill", f"{report.prefill_tokens:,} tokens, {data['prefill_tokens_per_s']:,.1f} tokens/s")
+    grid.add_row("decode", f"{report.decode_tokens:,} tokens, {data['decode_tokens_per_s']:,.1f} tokens/s")
+    if config["offload"]:
+        grid.add_row("cache", f"hit rate {100 * report.hit_rate:.2f}% ({report.hits:,} hits, {report.misses:,} misses), "
+                     f"{report.loads:,} loads ({report.prefetch_loads:,} prefetched), {_bytes(report.bytes)} moved, "
+                     f"stall {_time(report.stall_s)}")  # fmt: skip
+    if report.peak_memory_bytes is not None:
+        grid.add_row("peak memory", _bytes(report.peak_memory_bytes))
+    if report.baseline is not None:
+        base = report.baseline
+        memory = f", peak memory {_bytes(base['peak_memory_bytes'])}" if base.get("peak_memory_bytes") else ""
+        agree = "[green]identical outputs[/green]" if base["identical"] else "[red]outputs differ[/red]"
+        grid.add_row("all on device", f"{base['tokens_per_s']:,.1f} tokens/s{memory}; {agree}")
+    if report.trace:
+        replay = (f" (replay: moetrace simulate {report.trace} --order step --policy {config['policy'].split('+')[0]} "
+                  f"--capacity {report.capacity}{' --pool' if config['pool'] else ''})" if config["offload"] else "")  # fmt: skip
+        grid.add_row("trace", f"{report.trace}{replay}")
+    parts: list[Any] = [grid]
+    shown = [(i, text) for i, text in enumerate(report.text) if text.strip()][:3]
+    for i, text in shown:
+        parts.append(Text(f"[{i}] {text!r}", style="dim"))
+    return Group(*parts)

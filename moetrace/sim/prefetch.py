@@ -87,6 +87,10 @@ def _unit_scores(
         raise InvalidArgumentError(
             f"lru+{source} needs --predictor FILE (made by `moetrace predict path --method {source} --save FILE`)"
         )
+    elif predictor.name != source:
+        raise InvalidArgumentError(
+            f"the policy prefetches with {source}, but --predictor holds a {predictor.name} predictor"
+        )
     data = path_data(trace, predictor.vocabulary)
     if predictor.lookaheads and depth not in predictor.lookaheads and predictor.name != "pregate":
         raise InvalidArgumentError(

@@ -1,0 +1,77 @@
+"""`moetrace run`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moetrace.cli.common import Device, Dtype, Force, Json, Seed, console, handle_errors, json_safe
+
+
+@handle_errors
+def run_command(
+    model: Annotated[
+        str | None, typer.Option(help="Hub id or local folder; the built-in demo model when omitted.")
+    ] = None,
+    prompts: Annotated[Path | None, typer.Option(help=".txt or .jsonl prompts; built-in prompts when omitted.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt, greedily.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 1,
+    offload: Annotated[
+        bool, typer.Option("--offload", help="Keep routed experts in host memory behind a device cache.")
+    ] = False,
+    policy: Annotated[
+        str,
+        typer.Option(help="Cache policy: lru, fifo or lfu, optionally +pregate, +markov or +mlp (with --predictor)."),
+    ] = "lru",
+    capacity: Annotated[int | None, typer.Option(help="Device slots per layer (or in all with --pool).")] = None,
+    gpu_memory: Annotated[
+        str | None, typer.Option(help="Instead of --capacity: device memory for experts, e.g. 20GiB.")
+    ] = None,
+    pool: Annotated[bool, typer.Option("--pool", help="One pool of slots shared by all layers.")] = False,
+    predictor: Annotated[
+        Path | None, typer.Option(help="A path predictor saved by `moetrace predict path --save`.")
+    ] = None,
+    prefetch_budget: Annotated[int | None, typer.Option(help="Experts prefetched per layer at most.")] = None,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare", help="Also run with every expert on the device; report both and whether the outputs agree."
+        ),
+    ] = False,
+    record: Annotated[
+        Path | None, typer.Option(help="Write this run's own trace here (replay it with `moetrace simulate`).")
+    ] = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run.")
+    ] = False,
+    force: Force = False,
+    json_output: Json = False,
+) -> None:
+    """Generate with a model, optionally with its experts offloaded: tokens/s, hit rate, bytes moved, memory."""
+    from moetrace.cli.progress import RecordProgress
+    from moetrace.cli.record import ensure_demo_model
+    from moetrace.cli.simulate import parse_size
+    from moetrace.offload.run import RunConfig, run_model
+
+    config = RunConfig(
+        max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, dtype=dtype, seed=seed, offload=offload,
+        policy=policy, capacity=capacity, gpu_memory=parse_size(gpu_memory, "--gpu-memory") if gpu_memory else None,
+        pool=pool, prefetch_budget=prefetch_budget, compare=compare,
+    )  # fmt: skip
+    if model is None:
+        ensure_demo_model()
+    with RecordProgress("generating") as progress:
+        report = run_model(model, prompts, record=record, predictor=predictor, force=force, progress=progress.update,
+                           trust_remote_code=trust_remote_code, **{k: v for k, v in config.__dict__.items()})  # fmt: skip
+    if json_output:
+        print(json.dumps(json_safe(report.to_dict()), allow_nan=False))
+        return
+    from moetrace.report.tables import run_renderable
+
+    console.print(run_renderable(report))

@@ -1,0 +1,1 @@
+"""Running a model with its routed experts in host memory and a policy-driven device cache."""

@@ -1,0 +1,288 @@
+"""`moetrace run`: greedy generation, plain or with experts offloaded, and what it cost."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moetrace.errors import InvalidArgumentError, PromptsError
+
+#: progress(sequences_done, sequences_total, tokens_in_this_forward)
+Progress = Callable[[int, int, int], None]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How `run` generates; kept in its report."""
+
+    max_new_tokens: int = 32
+    batch_size: int = 1
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    offload: bool = False
+    policy: str = "lru"
+    capacity: int | None = None
+    """Device slots per layer (or in all with `pool`); from `gpu_memory` when None."""
+    gpu_memory: float | None = None
+    """Bytes of device memory for experts (instead of `capacity`)."""
+    pool: bool = False
+    prefetch_budget: int | None = None
+    compare: bool = False
+    """Also run the model with every expert on the device, and check the outputs agree."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InvalidArgumentError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise InvalidArgumentError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.offload and self.capacity is None and self.gpu_memory is None:
+            raise InvalidArgumentError("--offload needs --capacity or --gpu-memory")
+        if self.gpu_memory is not None and self.gpu_memory <= 0:
+            raise InvalidArgumentError("--gpu-memory must be positive")
+
+
+@dataclass
+class RunReport:
+    device: str
+    config: dict[str, Any]
+    generated: list[list[int]]
+    prefill_tokens: int
+    decode_tokens: int
+    prefill_s: float
+    decode_s: float
+    peak_memory_bytes: int | None
+    capacity: int | None = None
+    hits: int = 0
+    misses: int = 0
+    loads: int = 0
+    prefetch_loads: int = 0
+    bytes: int = 0
+    stall_s: float = 0.0
+    trace: str | None = None
+    baseline: dict[str, Any] | None = None
+    text: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        seconds = self.prefill_s + self.decode_s
+        return (self.prefill_tokens + self.decode_tokens) / seconds if seconds else 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / (self.hits + self.misses) if self.hits + self.misses else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(
+            tokens_per_s=self.tokens_per_s,
+            prefill_tokens_per_s=self.prefill_tokens / self.prefill_s if self.prefill_s else 0.0,
+            decode_tokens_per_s=self.decode_tokens / self.decode_s if self.decode_s else 0.0,
+            hit_rate=self.hit_rate,
+        )
+        return data
+
+
+class _Clock:
+    """Times the first forward of each generate call (prefill) apart from the rest (decode)."""
+
+    def __init__(self, model: Any, device: torch.device) -> None:
+        self.device, self.prefill_s, self.decode_s, self.started, self.first = device, 0.0, 0.0, 0.0, True
+        self.handles = [model.register_forward_pre_hook(self._pre), model.register_forward_hook(self._post)]
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _pre(self, *_: Any) -> None:
+        self._sync()
+        self.started = time.perf_counter()
+
+    def _post(self, *_: Any) -> None:
+        self._sync()
+        elapsed = time.perf_counter() - self.started
+        if self.first:
+            self.prefill_s += elapsed
+            self.first = False
+        else:
+            self.decode_s += elapsed
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def run_model(
+    model: str | None = None,
+    prompts: str | Path | Sequence[str] | Sequence[Sequence[int]] | None = None,
+    *,
+    record: str | Path | None = None,
+    predictor: str | Path | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    trust_remote_code: bool = False,
+    **options: Any,
+) -> RunReport:
+    """Generate greedily from `prompts`; with `offload`, routed experts live in host memory behind a
+    device cache of `capacity` slots driven by `policy`. Returns what was generated and what it cost."""
+    from moetrace.models.loading import load_model, resolve_device
+    from moetrace.models.prompts import load_prompts
+    from moetrace.trace.record import _eos_ids, _pad_id, _tokenize
+    from moetrace.trace.writer import check_output_dir
+
+    config = RunConfig(**options)
+    if record is not None:
+        check_output_dir(Path(record), force)
+    prompt_list: list[Any] = list(prompts) if isinstance(prompts, (list, tuple)) else load_prompts(prompts)  # type: ignore[arg-type]
+    if not prompt_list:
+        raise PromptsError("no prompts given")
+    device = resolve_device(config.device)
+    loaded = load_model(model, device="cpu", dtype=config.dtype if config.dtype != "auto" or device.type == "cpu" else "auto",
+                        trust_remote_code=trust_remote_code)  # fmt: skip
+    encoded = _tokenize(loaded.tokenizer, prompt_list)
+    pad_id, eos_ids = _pad_id(loaded.model, loaded.tokenizer), _eos_ids(loaded.model, loaded.tokenizer)
+    baseline = None
+    if config.compare:
+        reference = load_model(model, device="cpu", dtype=config.dtype if config.dtype != "auto" or device.type == "cpu" else "auto",
+                               trust_remote_code=trust_remote_code)  # fmt: skip
+        reference.model.to(device)
+        plain = _generate_all(reference.model, encoded, config, device, pad_id, eos_ids, None, None, progress)
+        baseline = {"generated": plain.generated, "tokens_per_s": plain.tokens_per_s, "peak_memory_bytes": plain.peak_memory_bytes,
+                    "prefill_s": plain.prefill_s, "decode_s": plain.decode_s}  # fmt: skip
+        del reference
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    offloader = None
+    capacity = None
+    if config.offload:
+        offloader, capacity = _offload(loaded.model, config, device, eos_ids, predictor, record)
+    else:
+        loaded.model.to(device)
+    report = _generate_all(
+        loaded.model, encoded, config, device, pad_id, eos_ids, offloader, record, progress, name=loaded.name
+    )
+    report.capacity = capacity
+    if offloader is not None:
+        stats = offloader.finish()
+        report.hits, report.misses, report.loads = stats.hits, stats.misses, stats.loads
+        report.prefetch_loads, report.bytes, report.stall_s = stats.prefetch_loads, stats.bytes, stats.stall_s
+    if baseline is not None:
+        baseline["identical"] = baseline["generated"] == report.generated
+        report.baseline = baseline
+    if loaded.tokenizer is not None:
+        report.text = [loaded.tokenizer.decode(ids, skip_special_tokens=True) for ids in report.generated]
+    return report
+
+
+def _offload(model: Any, config: RunConfig, device: torch.device, eos_ids: list[int], predictor: str | Path | None,
+             record: str | Path | None) -> tuple[Any, int]:  # fmt: skip
+    from moetrace.models.adapters import find_moe_blocks
+    from moetrace.offload.runtime import OffloadConfig, Offloader
+
+    blocks = find_moe_blocks(model)
+    capacity = config.capacity
+    if capacity is None:
+        assert config.gpu_memory is not None
+        total = _device_memory(device)
+        if config.gpu_memory > total:
+            raise InvalidArgumentError(
+                f"--gpu-memory asks for {config.gpu_memory / 2**30:,.1f} GiB; the {device.type} device has "
+                f"{total / 2**30:,.1f} GiB"
+            )
+        slots = int(config.gpu_memory // blocks[0].expert_bytes)
+        experts = blocks[0].num_experts * (len(blocks) if config.pool else 1)
+        capacity = min(slots if config.pool else slots // len(blocks), experts)  # more than enough: all resident
+        if capacity < blocks[0].top_k:
+            raise InvalidArgumentError(
+                f"--gpu-memory {config.gpu_memory / 2**20:,.1f} MiB holds {capacity} experts "
+                f"{'in all' if config.pool else 'per layer'} of {blocks[0].expert_bytes / 2**20:,.2f} MiB each; "
+                f"top-k is {blocks[0].top_k}"
+            )
+    loaded_predictor = None
+    if predictor is not None:
+        from moetrace.predict.path import load_path_predictor
+
+        loaded_predictor = load_path_predictor(predictor)
+        shape = ([b.layer for b in blocks], blocks[0].num_experts, blocks[0].top_k)
+        saved = (list(loaded_predictor.layers), loaded_predictor.num_experts, loaded_predictor.top_k)
+        if shape != saved:
+            raise InvalidArgumentError(
+                f"predictor {predictor} was saved for a model with {len(saved[0])} MoE layers × {saved[1]} experts, "
+                f"top-{saved[2]}; this model has {len(shape[0])} × {shape[1]}, top-{shape[2]}"
+            )
+        source = config.policy.partition("+")[2]
+        if source != loaded_predictor.name:
+            raise InvalidArgumentError(
+                f"--predictor holds a {loaded_predictor.name} predictor; use --policy "
+                f"{config.policy.partition('+')[0]}+{loaded_predictor.name}"
+            )
+        if loaded_predictor.lookaheads and 1 not in loaded_predictor.lookaheads:
+            raise InvalidArgumentError(
+                f"a live run prefetches one layer ahead; the predictor was trained for lookahead "
+                f"{list(loaded_predictor.lookaheads)}"
+            )
+    offload = OffloadConfig(
+        policy=config.policy, capacity=capacity, pool=config.pool, prefetch_budget=config.prefetch_budget
+    )
+    return Offloader(model, offload, device, eos_token_ids=tuple(eos_ids), predictor=loaded_predictor), capacity
+
+
+def _device_memory(device: torch.device) -> int:
+    """Bytes of memory the device has: the GPU's, or the host's when slots are host tensors."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[1])
+    import os
+
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _generate_all(model: Any, encoded: list[list[int]], config: RunConfig, device: torch.device, pad_id: int, eos_ids: list[int],
+                  offloader: Any, record: str | Path | None, progress: Progress | None, name: str | None = None) -> RunReport:  # fmt: skip
+    import contextlib
+
+    from moetrace.trace.record import generate, left_pad
+    from moetrace.trace.recorder import tracing
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(config.seed)
+    generated: list[list[int]] = []
+    clock_prefill = clock_decode = 0.0
+    prefill_tokens = decode_tokens = 0
+    trace_ctx = (
+        tracing(model, record, name=name, run={"mode": "generate", "offload": asdict(config)}, eos_token_ids=eos_ids)
+        if record is not None else contextlib.nullcontext()
+    )  # fmt: skip
+    with trace_ctx as tracer, torch.inference_mode():
+        for start in range(0, len(encoded), config.batch_size):
+            batch = encoded[start : start + config.batch_size]
+            input_ids, mask = left_pad(batch, pad_id, device)
+            if tracer is not None:
+                tracer.begin_batch(range(start, start + len(batch)))
+            clock = _Clock(model, device)
+            try:
+                output = generate(model, input_ids, mask, config.max_new_tokens, pad_id, eos_ids)
+            finally:
+                clock.close()
+            clock_prefill += clock.prefill_s
+            clock_decode += clock.decode_s
+            prefill_tokens += int(mask.sum())
+            batch_tokens = int(mask.sum())
+            for row in output[:, input_ids.shape[1] :].tolist():
+                ends = [i for i, token in enumerate(row) if token in eos_ids]
+                generated.append(row[: ends[0] + 1] if ends else row)  # up to and with its end-of-sequence token
+                batch_tokens += len(generated[-1])
+                decode_tokens += len(generated[-1])
+            if progress is not None:
+                progress(start + len(batch), len(encoded), batch_tokens)
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    return RunReport(
+        device=str(device), config=asdict(config), generated=generated, prefill_tokens=prefill_tokens,
+        decode_tokens=decode_tokens, prefill_s=clock_prefill, decode_s=clock_decode, peak_memory_bytes=peak,
+        trace=str(record) if record is not None else None,
+    )  # fmt: skip
