@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["record_overhead.py", "demo_routing.py", "load_forecast.py", "path_predict.py", "simulate.py"]
+BENCHMARKS = [
+    "record_overhead.py",
+    "demo_routing.py",
+    "load_forecast.py",
+    "path_predict.py",
+    "simulate.py",
+    "offload.py",
+]
 
 if __name__ == "__main__":
     for script in BENCHMARKS:

@@ -27,6 +27,8 @@ class DemoResult:
     """The path-prediction evaluation on the generation trace."""
     simulation: Any = None
     """Cache policies replayed on the generation trace."""
+    offload: Any = None
+    """A live run with the experts offloaded (a `RunReport`), compared with the plain run."""
 
 
 def run_demo(
@@ -103,4 +105,12 @@ def run_demo(
     policies = ("lru", "lfu", "belady", "static", "lru+pregate", "lru+oracle")
     result.simulation = simulate(generate, SimConfig(policies=policies, capacities=capacities, layer_time=50e-6))
     result.figures.append(plot_hit_rates(result.simulation, result.out / "hit-rates.png"))
+
+    from moetrace.models.prompts import builtin_prompts
+    from moetrace.offload.run import run_model
+
+    say(f"running the model with its experts in host memory, {capacities[0]} of {experts} per layer in slots, "
+        "the next layer's experts prefetched by pre-gating; checked against the plain run")  # fmt: skip
+    result.offload = run_model(str(demo_model_dir(spec)), builtin_prompts()[:8], offload=True, policy="lru+pregate",
+                               capacity=capacities[0], compare=True, max_new_tokens=max_new_tokens, device="cpu")  # fmt: skip
     return result

@@ -69,6 +69,7 @@ def test_demo_pipeline_builds_once_and_records_both_traces(tmp_path, monkeypatch
     assert train.meta.run["mode"] == "train" and train.meta.run["steps"] == TINY.steps
     assert generate.meta.model.name == "moetrace/demo-moe" and generate.meta.run["num_sequences"] == 52
     assert all(figure.is_file() for figure in result.figures)
+    assert result.offload.baseline["identical"] and result.offload.hits + result.offload.misses > 0
     again = run_demo(tmp_path / "demo", spec=TINY, max_new_tokens=4)  # cached: no second training
     assert (folder / BUILD_FILE).stat().st_mtime_ns == built
     assert again.traces["generate"].meta.complete

@@ -50,6 +50,7 @@ def test_offloaded_run_generates_the_same_and_counts_what_simulate_counts(
     assert report.misses > 0 and report.hits > 0  # capacity below the number of experts: both happen
     assert (report.hits, report.misses) == replayed(tmp_path / "run", policy, capacity, pool)
     assert report.loads == report.misses  # demand loads only, one per miss
+    assert 0 < report.decode_bytes < report.bytes  # the cold start is in prefill
     expert_bytes = moetrace.open_trace(tmp_path / "run").meta.model.expert_bytes
     assert report.bytes == report.loads * expert_bytes
 
@@ -109,7 +110,7 @@ def test_pregate_prefetching_keeps_the_output_and_loads_ahead(family) -> None:  
     assert torch.equal(_generate(ahead, prompts, 12), expected)
     with_prefetch, without = ahead_offload.finish(), demand_offload.finish()
     assert with_prefetch.prefetch_loads > 0
-    assert ahead_offload.cache.useful_prefetches > 0
+    assert 0 < ahead_offload.cache.useful_prefetches <= with_prefetch.prefetch_loads
     assert with_prefetch.hits + with_prefetch.misses == without.hits + without.misses  # the same accesses
     assert with_prefetch.hits > without.hits  # the pre-gate is the next router itself, on nearly its input
 
@@ -125,6 +126,7 @@ def test_saved_predictor_drives_prefetching(models, tmp_path) -> None:  # type: 
     assert report.baseline is not None and report.baseline["identical"]
     assert report.prefetch_loads > 0
     assert report.loads == report.misses + report.prefetch_loads
+    assert 0 <= report.useful_prefetches <= report.prefetch_loads
 
 
 def test_cli_json_report(models, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -44,6 +44,10 @@ def demo_command(
 
     console.rule("simulating expert caches")
     console.print(simulate_renderable(result.simulation, str(result.traces["generate"].path)))
+    from moetrace.report.tables import run_renderable
+
+    console.rule("running with experts offloaded")
+    console.print(run_renderable(result.offload))
     console.rule("done")
     for name, trace in result.traces.items():
         console.print(f"{name} trace → [bold]{trace.path}[/bold]")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from moetrace.cli.common import Device, Dtype, Force, Json, Seed, console, handle_errors, json_safe
+from moetrace.cli.common import Device, Dtype, Json, Seed, console, handle_errors, json_safe
 
 
 @handle_errors
@@ -50,7 +50,7 @@ def run_command(
     trust_remote_code: Annotated[
         bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run.")
     ] = False,
-    force: Force = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing trace at --record.")] = False,
     json_output: Json = False,
 ) -> None:
     """Generate with a model, optionally with its experts offloaded: tokens/s, hit rate, bytes moved, memory."""

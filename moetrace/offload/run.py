@@ -64,6 +64,10 @@ class RunReport:
     prefetch_loads: int = 0
     bytes: int = 0
     stall_s: float = 0.0
+    decode_misses: int = 0
+    decode_bytes: int = 0
+    useful_prefetches: int = 0
+    """Prefetched experts that were used before being evicted (the rest were wasted loads)."""
     trace: str | None = None
     baseline: dict[str, Any] | None = None
     text: list[str] = field(default_factory=list)
@@ -171,6 +175,8 @@ def run_model(
         stats = offloader.finish()
         report.hits, report.misses, report.loads = stats.hits, stats.misses, stats.loads
         report.prefetch_loads, report.bytes, report.stall_s = stats.prefetch_loads, stats.bytes, stats.stall_s
+        report.decode_misses, report.decode_bytes = stats.decode_misses, stats.decode_bytes
+        report.useful_prefetches = offloader.cache.useful_prefetches
     if baseline is not None:
         baseline["identical"] = baseline["generated"] == report.generated
         report.baseline = baseline

@@ -61,6 +61,9 @@ class OffloadStats:
     streamed: int = 0
     bytes: int = 0
     stall_s: float = 0.0
+    decode_misses: int = 0
+    decode_bytes: int = 0
+    """Misses and bytes moved during decode steps (every forward after a prompt's prefill)."""
     per_layer: list[tuple[int, int]] = field(default_factory=list)
     """(hits, misses) of every request, in order: the live access stream."""
 
@@ -115,6 +118,7 @@ class Offloader:
         self._keep: torch.Tensor | None = None
         self._tokens: torch.Tensor | None = None
         self._finished = np.zeros(0, bool)
+        self._decoding = False
         self._routing: dict[int, np.ndarray] = {}
         self._stalls: list[tuple[Any, Any]] = []
         self._handles: list[Any] = []
@@ -144,6 +148,7 @@ class Offloader:
 
         forward = _describe_forward(args, kwargs)
         self._routing = {}
+        self._decoding = not forward.prefill
         keep = forward.valid.reshape(forward.batch, forward.length)
         tokens = forward.tokens
         if forward.prefill or len(self._finished) != forward.batch:
@@ -185,6 +190,8 @@ class Offloader:
         placement = self.cache.request(cache, [offset + e for e in needed], ids)
         self.stats.hits += placement.hits
         self.stats.misses += placement.misses
+        if self._decoding:
+            self.stats.decode_misses += placement.misses
         self.stats.per_layer.append((placement.hits, placement.misses))
         slots = self.slots[cache]
         self._copy(i, slots, [(e - offset, s) for e, s in placement.loads])
@@ -231,8 +238,7 @@ class Offloader:
                 started = time.perf_counter()
                 slots.buffer[slot].copy_(host[expert])
                 self.stats.stall_s += time.perf_counter() - started
-            self.stats.loads += 1
-            self.stats.bytes += self.hosts[block].layout.nbytes
+            self._moved(self.hosts[block].layout.nbytes)
 
     def _stream(self, block: int, expert: int) -> dict[str, torch.Tensor]:
         """An expert that found no free slot: copied into a buffer of its own for this request only."""
@@ -240,9 +246,14 @@ class Offloader:
         scratch = DeviceSlots(layout, 1, self.device)
         scratch.buffer[0].copy_(self.hosts[block].buffer[expert])
         self.stats.streamed += 1
-        self.stats.loads += 1
-        self.stats.bytes += layout.nbytes
+        self._moved(layout.nbytes)
         return scratch.weights(0)
+
+    def _moved(self, nbytes: int) -> None:
+        self.stats.loads += 1
+        self.stats.bytes += nbytes
+        if self._decoding:
+            self.stats.decode_bytes += nbytes
 
     # -- prefetching -----------------------------------------------------------------------------
 

@@ -262,7 +262,7 @@ def run_renderable(report: Any) -> Any:
     grid.add_row("decode", f"{report.decode_tokens:,} tokens, {data['decode_tokens_per_s']:,.1f} tokens/s")
     if config["offload"]:
         grid.add_row("cache", f"hit rate {100 * report.hit_rate:.2f}% ({report.hits:,} hits, {report.misses:,} misses), "
-                     f"{report.loads:,} loads ({report.prefetch_loads:,} prefetched), {_bytes(report.bytes)} moved, "
+                     f"{report.loads:,} loads ({_prefetched(report)}), {_bytes(report.bytes)} moved, "
                      f"stall {_time(report.stall_s)}")  # fmt: skip
     if report.peak_memory_bytes is not None:
         grid.add_row("peak memory", _bytes(report.peak_memory_bytes))
@@ -280,3 +280,9 @@ def run_renderable(report: Any) -> Any:
     for i, text in shown:
         parts.append(Text(f"[{i}] {text!r}", style="dim"))
     return Group(*parts)
+
+
+def _prefetched(report: Any) -> str:
+    if not report.prefetch_loads:
+        return "none prefetched"
+    return (f"{report.prefetch_loads:,} prefetched, {report.useful_prefetches / report.prefetch_loads:.0%} of them used")  # fmt: skip
