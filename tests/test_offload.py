@@ -55,6 +55,24 @@ def test_offloaded_run_generates_the_same_and_counts_what_simulate_counts(
     assert report.bytes == report.loads * expert_bytes
 
 
+@pytest.mark.parametrize(("family", "capacity", "pool"), [("qwen3_moe", 3, False), ("deepseek_v3", 8, True)])
+def test_prefetching_run_counts_what_simulate_counts(models, family, capacity, pool, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """lru+pregate live and replayed on the run's own trace (recorded with its pre-gate column): the
+    same hits, misses, prefetch loads and useful prefetches; in one pool the layer just served is
+    not evicted by the next layer's prefetch."""
+    report = run_model(str(models[family]), PROMPTS, offload=True, policy="lru+pregate", capacity=capacity, pool=pool,
+                       max_new_tokens=12, batch_size=2, device="cpu", record=tmp_path / "run")  # fmt: skip
+    replay = simulate(moetrace.open_trace(tmp_path / "run"),
+                      SimConfig(policies=("lru+pregate",), capacities=(capacity,), pool=pool)).results[0]  # fmt: skip
+    assert report.prefetch_loads > 0
+    assert (report.hits, report.misses, report.prefetch_loads) == (
+        replay["hits"],
+        replay["misses"],
+        replay["prefetch_loads"],
+    )
+    assert report.useful_prefetches / report.prefetch_loads == pytest.approx(replay["prefetch_accuracy"])
+
+
 def _generate(model, prompts: list[list[int]], new_tokens: int):  # type: ignore[no-untyped-def]
     ids, mask = left_pad(prompts, PAD_TOKEN_ID, torch.device("cpu"))
     with torch.inference_mode():

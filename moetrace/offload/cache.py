@@ -92,11 +92,14 @@ class SlotCache:
         self.clock += 1
         return placement
 
-    def prefetch(self, cache: int, experts: list[int], ids: int) -> list[tuple[int, int]]:
+    def prefetch(
+        self, cache: int, experts: list[int], ids: int, guard: frozenset[int] = frozenset()
+    ) -> list[tuple[int, int]]:
         """Load `experts` (best first) ahead; returns the (expert, slot) loads. Issued after the request
-        just served, stamped with its time, as the replay engine does."""
+        just served, stamped with its time, as the replay engine does; `guard` (in one pool: that
+        request's need-set) is not evicted meanwhile."""
         when = self.clock - 1
-        protected = set(experts)
+        protected = set(experts) | guard
         loads = []
         for expert in experts:
             if expert in self.slot_of[cache]:

@@ -168,7 +168,17 @@ def run_model(
     else:
         loaded.model.to(device)
     report = _generate_all(
-        loaded.model, encoded, config, device, pad_id, eos_ids, offloader, record, progress, name=loaded.name
+        loaded.model,
+        encoded,
+        config,
+        device,
+        pad_id,
+        eos_ids,
+        offloader,
+        record,
+        progress,
+        name=loaded.name,
+        force=force,
     )
     report.capacity = capacity
     if offloader is not None:
@@ -248,7 +258,8 @@ def _device_memory(device: torch.device) -> int:
 
 
 def _generate_all(model: Any, encoded: list[list[int]], config: RunConfig, device: torch.device, pad_id: int, eos_ids: list[int],
-                  offloader: Any, record: str | Path | None, progress: Progress | None, name: str | None = None) -> RunReport:  # fmt: skip
+                  offloader: Any, record: str | Path | None, progress: Progress | None, name: str | None = None,
+                  force: bool = False) -> RunReport:  # fmt: skip
     import contextlib
 
     from moetrace.trace.record import generate, left_pad
@@ -261,7 +272,8 @@ def _generate_all(model: Any, encoded: list[list[int]], config: RunConfig, devic
     clock_prefill = clock_decode = 0.0
     prefill_tokens = decode_tokens = 0
     trace_ctx = (
-        tracing(model, record, name=name, run={"mode": "generate", "offload": asdict(config)}, eos_token_ids=eos_ids)
+        tracing(model, record, force=force, name=name, run={"mode": "generate", "offload": asdict(config)}, eos_token_ids=eos_ids,
+                pregate=config.offload and config.policy.endswith("+pregate"))
         if record is not None else contextlib.nullcontext()
     )  # fmt: skip
     with trace_ctx as tracer, torch.inference_mode():

@@ -119,6 +119,7 @@ class Offloader:
         self._tokens: torch.Tensor | None = None
         self._finished = np.zeros(0, bool)
         self._decoding = False
+        self._last_need: frozenset[int] = frozenset()
         self._routing: dict[int, np.ndarray] = {}
         self._stalls: list[tuple[Any, Any]] = []
         self._handles: list[Any] = []
@@ -187,7 +188,8 @@ class Offloader:
         cache = 0 if self.config.pool else i
         offset = i * self.num_experts if self.config.pool else 0
         ids = len(self.blocks) * self.num_experts if self.config.pool else self.num_experts
-        placement = self.cache.request(cache, [offset + e for e in needed], ids)
+        self._last_need = frozenset(offset + e for e in needed)
+        placement = self.cache.request(cache, sorted(self._last_need), ids)
         self.stats.hits += placement.hits
         self.stats.misses += placement.misses
         if self._decoding:
@@ -299,7 +301,8 @@ class Offloader:
         cache = 0 if self.config.pool else target
         offset = target * self.num_experts if self.config.pool else 0
         ids = len(self.blocks) * self.num_experts if self.config.pool else self.num_experts
-        loads = self.cache.prefetch(cache, [offset + int(e) for e in chosen], ids)
+        guard = self._last_need if self.config.pool else frozenset()  # one pool: the layer just served stays
+        loads = self.cache.prefetch(cache, [offset + int(e) for e in chosen], ids, guard)
         self.stats.prefetch_loads += len(loads)
         self._copy(target, self.slots[cache], [(e - offset, s) for e, s in loads])
 

@@ -45,11 +45,11 @@ class HostExperts:
 
     def __init__(self, module: nn.Module, num_experts: int, pin: bool) -> None:
         self.layout = expert_layout(module, num_experts)
-        buffer = torch.empty((num_experts, self.layout.numel), dtype=self.layout.dtype)
+        buffer = torch.empty((num_experts, self.layout.numel), dtype=self.layout.dtype, pin_memory=pin)
         with torch.no_grad():
             for name, _, offset, numel in self.layout.parts:
                 buffer[:, offset : offset + numel].copy_(getattr(module, name).detach().reshape(num_experts, numel))
-        self.buffer = buffer.pin_memory() if pin else buffer
+        self.buffer = buffer
 
     def views(self) -> dict[str, torch.Tensor]:
         """Each parameter as a view of the buffer, in its original shape (experts first)."""

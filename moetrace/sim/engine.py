@@ -143,8 +143,7 @@ def _replay(
             for j in range(first, last):
                 x = pf_ids[j]
                 if slot[t, x] != NOT_RESIDENT:
-                    held[j - first] = GUARDED  # loaded by this list: its key is set below, not restored
-                    continue
+                    continue  # resident already: its own key comes back below
                 s = _slot_for(t, rank, count, capacity)
                 if s < 0:
                     break
