@@ -139,10 +139,17 @@ def test_saved_predictor_drives_prefetching(models, tmp_path) -> None:  # type: 
     predictor = tmp_path / "markov.pt"
     saved = run("predict", "path", trace, "--method", "markov", "--split", "0.8", "--save", predictor)
     assert saved.exit_code == 0, saved.output
-    report = run_model(str(models["mixtral"]), PROMPTS, offload=True, policy="lru+markov", capacity=2,
-                       predictor=predictor, compare=True, max_new_tokens=10, device="cpu")  # fmt: skip
+    report = run_model(str(models["mixtral"]), PROMPTS, offload=True, policy="lru+markov", capacity=2, predictor=predictor,
+                       compare=True, max_new_tokens=10, device="cpu", record=tmp_path / "run")  # fmt: skip
     assert report.baseline is not None and report.baseline["identical"]
     assert report.prefetch_loads > 0
+    replay = simulate(moetrace.open_trace(tmp_path / "run"), SimConfig(policies=("lru+markov",), capacities=(2,)),
+                      predictor=predictor).results[0]  # fmt: skip
+    assert (report.hits, report.misses, report.prefetch_loads) == (
+        replay["hits"],
+        replay["misses"],
+        replay["prefetch_loads"],
+    )
     assert report.loads == report.misses + report.prefetch_loads
     assert 0 <= report.useful_prefetches <= report.prefetch_loads
 
