@@ -57,6 +57,9 @@ Dtype = Annotated[
     str, typer.Option(help="auto (float32 on CPU, the checkpoint's dtype on GPU), float32, bfloat16, float16, float64.")
 ]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
+TrustRemoteCode = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run.")
+]
 
 
 def json_safe(value: Any) -> Any:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from moetrace.cli.common import Device, Dtype, Force, Seed, console, handle_errors
+from moetrace.cli.common import Device, Dtype, Force, Seed, TrustRemoteCode, console, handle_errors
 from moetrace.cli.progress import RecordProgress, TrainProgress
 
 TRAIN = "Training (--train)"
@@ -40,9 +40,7 @@ def record_command(
     device: Device = "auto",
     dtype: Dtype = "auto",
     seed: Seed = 0,
-    trust_remote_code: Annotated[
-        bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run.")
-    ] = False,
+    trust_remote_code: TrustRemoteCode = False,
     force: Force = False,
     pregate: Annotated[
         bool,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from moetrace.cli.common import Device, Dtype, Json, Seed, console, handle_errors, json_safe
+from moetrace.cli.common import Device, Dtype, Json, Seed, TrustRemoteCode, console, handle_errors, json_safe
 
 
 @handle_errors
@@ -47,9 +47,7 @@ def run_command(
     device: Device = "auto",
     dtype: Dtype = "auto",
     seed: Seed = 0,
-    trust_remote_code: Annotated[
-        bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run.")
-    ] = False,
+    trust_remote_code: TrustRemoteCode = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing trace at --record.")] = False,
     json_output: Json = False,
 ) -> None:
