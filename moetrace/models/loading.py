@@ -46,11 +46,18 @@ def looks_like_path(name: str) -> bool:
 
 
 def load_model(
-    name: str | None, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False
+    name: str | None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    dtype_for: torch.device | None = None,
 ) -> LoadedModel:
-    """Load `name` (hub id or local folder) with the Auto classes, or the built-in model when None."""
+    """Load `name` (hub id or local folder) with the Auto classes, or the built-in model when None.
+    `dtype_for`: the device whose `auto` dtype rule applies, when the model is loaded onto another
+    (the offloader loads on the host for a GPU run)."""
     target = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, target)
+    torch_dtype = resolve_dtype(dtype, dtype_for or target)
     if name is None:
         from moetrace.models.builtin import builtin_model
 

@@ -146,13 +146,13 @@ def run_model(
     if not prompt_list:
         raise PromptsError("no prompts given")
     device = resolve_device(config.device)
-    loaded = load_model(model, device="cpu", dtype=config.dtype if config.dtype != "auto" or device.type == "cpu" else "auto",
+    loaded = load_model(model, device="cpu", dtype=config.dtype, dtype_for=device,
                         trust_remote_code=trust_remote_code)  # fmt: skip
     encoded = _tokenize(loaded.tokenizer, prompt_list)
     pad_id, eos_ids = _pad_id(loaded.model, loaded.tokenizer), _eos_ids(loaded.model, loaded.tokenizer)
     baseline = None
     if config.compare:
-        reference = load_model(model, device="cpu", dtype=config.dtype if config.dtype != "auto" or device.type == "cpu" else "auto",
+        reference = load_model(model, device="cpu", dtype=config.dtype, dtype_for=device,
                                trust_remote_code=trust_remote_code)  # fmt: skip
         reference.model.to(device)
         plain = _generate_all(reference.model, encoded, config, device, pad_id, eos_ids, None, None, progress)
