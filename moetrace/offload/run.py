@@ -146,6 +146,11 @@ def run_model(
     if not prompt_list:
         raise PromptsError("no prompts given")
     device = resolve_device(config.device)
+    if device.type == "cuda":  # models of earlier runs in this process are freed before memory is measured
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
     loaded = load_model(model, device="cpu", dtype=config.dtype, dtype_for=device,
                         trust_remote_code=trust_remote_code)  # fmt: skip
     encoded = _tokenize(loaded.tokenizer, prompt_list)
@@ -183,6 +188,7 @@ def run_model(
     report.capacity = capacity
     if offloader is not None:
         stats = offloader.finish()
+        offloader.detach()
         report.hits, report.misses, report.loads = stats.hits, stats.misses, stats.loads
         report.prefetch_loads, report.bytes, report.stall_s = stats.prefetch_loads, stats.bytes, stats.stall_s
         report.decode_misses, report.decode_bytes = stats.decode_misses, stats.decode_bytes

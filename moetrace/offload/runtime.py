@@ -13,7 +13,6 @@ are discarded anyway), so the cache sees exactly the need-sets of the run's own 
 from __future__ import annotations
 
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +26,9 @@ from moetrace.offload.cache import SlotCache
 from moetrace.offload.store import DeviceSlots, HostExperts
 
 IMPLEMENTATION = "moetrace_offload"
-
-#: experts module -> (its offloader, its block index)
-_ATTACHED: weakref.WeakKeyDictionary[nn.Module, tuple[Offloader, int]] = weakref.WeakKeyDictionary()
+ATTRIBUTE = "_moetrace_offload"
+"""Set on each offloaded experts module: (its offloader, its block index). An attribute, not a global
+registry, so that a model and its offloader are freed together."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class OffloadStats:
 def _offloaded_experts(
     self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
 ) -> torch.Tensor:
-    offloader, block = _ATTACHED[self]
+    offloader, block = getattr(self, ATTRIBUTE)
     return offloader.forward(block, self, hidden_states, top_k_index, top_k_weights)
 
 
@@ -125,7 +124,7 @@ class Offloader:
         self._handles: list[Any] = []
         ExpertsInterface.register(IMPLEMENTATION, _offloaded_experts)
         for i, block in enumerate(self.blocks):
-            _ATTACHED[block.module] = (self, i)
+            setattr(block.module, ATTRIBUTE, (self, i))
             for name, _, _, _ in self.hosts[i].layout.parts:  # drop the originals: the host buffers hold them now
                 setattr(block.module, name, nn.Parameter(torch.empty(0), requires_grad=False))
         model.set_experts_implementation(IMPLEMENTATION)  # type: ignore[operator]
