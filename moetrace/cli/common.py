@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -71,3 +72,15 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def print_json(data: dict[str, Any]) -> None:
+    """The `--json` output: one strict JSON object on stdout."""
+    print(json.dumps(json_safe(data), allow_nan=False))
+
+
+def print_written(*files: tuple[Path | None, str]) -> None:
+    """A line per file the command wrote (`figure → path`), skipping those not asked for."""
+    for path, what in files:
+        if path is not None:
+            console.print(f"{what} → [bold]{path}[/bold]")

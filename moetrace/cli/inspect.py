@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from moetrace.cli.common import Json, TraceArg, console, handle_errors, json_safe
+from moetrace.cli.common import Json, TraceArg, console, handle_errors, print_json, print_written
 
 
 @handle_errors
@@ -31,10 +30,9 @@ def inspect_command(
 
         plot_load(opened.dense_load(), plot, title=f"{stats.model} — {trace}")
     if json_output:
-        print(json.dumps(json_safe(stats.to_dict()), allow_nan=False))
+        print_json(stats.to_dict())
         return
     from moetrace.report.tables import stats_renderable
 
     console.print(stats_renderable(stats, str(trace)))
-    if plot is not None:
-        console.print(f"figure → [bold]{plot}[/bold]")
+    print_written((plot, "figure"))

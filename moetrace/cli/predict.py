@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from moetrace.cli.common import Json, TraceArg, console, handle_errors, json_safe
+from moetrace.cli.common import Json, TraceArg, console, handle_errors, print_json, print_written
 
 predict_app = typer.Typer(help="Forecast expert load and routing paths from traces.", no_args_is_help=True)
 
@@ -134,14 +133,12 @@ def load_command(
 
         plot_load_backtest(result, plot)
     if json_output:
-        print(json.dumps(json_safe(result.to_dict()), allow_nan=False))
+        print_json(result.to_dict())
         return
     from moetrace.report.tables import load_backtest_renderable
 
     console.print(load_backtest_renderable(result, str(trace)))
-    for path, what in ((save, "model"), (save_forecast, "forecasts"), (plot, "figure")):
-        if path is not None:
-            console.print(f"{what} → [bold]{path}[/bold]")
+    print_written((save, "model"), (save_forecast, "forecasts"), (plot, "figure"))
 
 
 @predict_app.command("path")
@@ -194,11 +191,9 @@ def path_command(
 
         plot_path_recall(result, plot)
     if json_output:
-        print(json.dumps(json_safe(result.to_dict()), allow_nan=False))
+        print_json(result.to_dict())
         return
     from moetrace.report.tables import path_renderable
 
     console.print(path_renderable(result, str(trace)))
-    for path, what in ((save, "predictor"), (plot, "figure")):
-        if path is not None:
-            console.print(f"{what} → [bold]{path}[/bold]")
+    print_written((save, "predictor"), (plot, "figure"))

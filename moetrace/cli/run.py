@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from moetrace.cli.common import Device, Dtype, Json, Seed, TrustRemoteCode, console, handle_errors, json_safe
+from moetrace.cli.common import (
+    Device,
+    Dtype,
+    Json,
+    Seed,
+    TrustRemoteCode,
+    console,
+    handle_errors,
+    print_json,
+)
 
 
 @handle_errors
@@ -68,7 +76,7 @@ def run_command(
         report = run_model(model, prompts, record=record, predictor=predictor, force=force, progress=progress.update,
                            trust_remote_code=trust_remote_code, **{k: v for k, v in config.__dict__.items()})  # fmt: skip
     if json_output:
-        print(json.dumps(json_safe(report.to_dict()), allow_nan=False))
+        print_json(report.to_dict())
         return
     from moetrace.report.tables import run_renderable
 

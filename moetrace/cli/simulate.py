@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from moetrace.cli.common import Json, TraceArg, console, handle_errors, json_safe
+from moetrace.cli.common import Json, TraceArg, console, handle_errors, print_json, print_written
 
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
@@ -121,10 +120,9 @@ def simulate_command(
 
         plot_hit_rates(result, plot)
     if json_output:
-        print(json.dumps(json_safe(result.to_dict()), allow_nan=False))
+        print_json(result.to_dict())
         return
     from moetrace.report.tables import simulate_renderable
 
     console.print(simulate_renderable(result, str(trace)))
-    if plot is not None:
-        console.print(f"figure → [bold]{plot}[/bold]")
+    print_written((plot, "figure"))

@@ -18,6 +18,16 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
+    """Lay out, write (creating the folder) and close a figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
     """Trailing mean over `window` rows (fewer at the start) of a (steps, ...) array."""
     if window <= 1:
@@ -73,12 +83,7 @@ def plot_load(load: DenseLoad, path: str | Path, title: str = "", hottest: int =
         axes[2].legend(fontsize=7, ncol=4)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_load_backtest(result, path: str | Path, experts: int = 3) -> Path:  # type: ignore[no-untyped-def]
@@ -120,12 +125,7 @@ def plot_load_backtest(result, path: str | Path, experts: int = 3) -> Path:  # t
     axes[1].set_xlabel("steps ahead")
     axes[1].set_ylabel("mae (percentage points)")
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_path_recall(result, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
@@ -142,12 +142,7 @@ def plot_path_recall(result, path: str | Path) -> Path:  # type: ignore[no-untyp
     ax.set_ylim(0, 1)
     ax.set_title("path prediction on unseen sequences")
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_hit_rates(result, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
@@ -165,9 +160,4 @@ def plot_hit_rates(result, path: str | Path) -> Path:  # type: ignore[no-untyped
     ax.set_ylim(0, 1)
     ax.set_title(f"expert cache hit rate ({result.stream.order} order)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
