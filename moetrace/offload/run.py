@@ -225,32 +225,26 @@ def _offload(model: Any, config: RunConfig, device: torch.device, eos_ids: list[
                 f"{'in all' if config.pool else 'per layer'} of {blocks[0].expert_bytes / 2**20:,.2f} MiB each; "
                 f"top-k is {blocks[0].top_k}"
             )
+    offload = OffloadConfig(
+        policy=config.policy, capacity=capacity, pool=config.pool, prefetch_budget=config.prefetch_budget
+    )
     loaded_predictor = None
     if predictor is not None:
-        from moetrace.predict.path import load_path_predictor
+        from moetrace.predict.path import check_predictor_shape, load_path_predictor
 
         loaded_predictor = load_path_predictor(predictor)
-        shape = ([b.layer for b in blocks], blocks[0].num_experts, blocks[0].top_k)
-        saved = (list(loaded_predictor.layers), loaded_predictor.num_experts, loaded_predictor.top_k)
-        if shape != saved:
-            raise InvalidArgumentError(
-                f"predictor {predictor} was saved for a model with {len(saved[0])} MoE layers × {saved[1]} experts, "
-                f"top-{saved[2]}; this model has {len(shape[0])} × {shape[1]}, top-{shape[2]}"
-            )
-        source = config.policy.partition("+")[2]
+        check_predictor_shape(loaded_predictor, predictor, [b.layer for b in blocks], blocks[0].num_experts,
+                              blocks[0].top_k, "this model")  # fmt: skip
+        base, source = offload.parts()
         if source != loaded_predictor.name:
             raise InvalidArgumentError(
-                f"--predictor holds a {loaded_predictor.name} predictor; use --policy "
-                f"{config.policy.partition('+')[0]}+{loaded_predictor.name}"
+                f"--predictor holds a {loaded_predictor.name} predictor; use --policy {base}+{loaded_predictor.name}"
             )
         if loaded_predictor.lookaheads and 1 not in loaded_predictor.lookaheads:
             raise InvalidArgumentError(
                 f"a live run prefetches one layer ahead; the predictor was trained for lookahead "
                 f"{list(loaded_predictor.lookaheads)}"
             )
-    offload = OffloadConfig(
-        policy=config.policy, capacity=capacity, pool=config.pool, prefetch_budget=config.prefetch_budget
-    )
     return Offloader(model, offload, device, eos_token_ids=tuple(eos_ids), predictor=loaded_predictor), capacity
 
 

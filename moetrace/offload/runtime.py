@@ -184,9 +184,7 @@ class Offloader:
         routed = index[rows].cpu().numpy()  # the one host copy per layer: the need-set decides the copies
         self._routing[i] = routed
         needed = np.unique(routed).tolist()
-        cache = 0 if self.config.pool else i
-        offset = i * self.num_experts if self.config.pool else 0
-        ids = len(self.blocks) * self.num_experts if self.config.pool else self.num_experts
+        cache, offset, ids = self._cache_space(i)
         self._last_need = frozenset(offset + e for e in needed)
         placement = self.cache.request(cache, sorted(self._last_need), ids)
         self.stats.hits += placement.hits
@@ -222,6 +220,13 @@ class Offloader:
         if self.source in ("markov", "mlp", "popularity") and i + 1 < len(self.blocks):
             self._prefetch(i + 1, self._predicted(i, rows))
         return out.reshape(hidden.shape)
+
+    def _cache_space(self, block: int) -> tuple[int, int, int]:
+        """(cache, offset of this block's expert ids in it, ids in it): one per block, or one pool
+        where block b's expert e is b·E + e, as `simulate --pool` numbers them."""
+        if self.config.pool:
+            return 0, block * self.num_experts, len(self.blocks) * self.num_experts
+        return block, 0, self.num_experts
 
     def _copy(self, block: int, slots: DeviceSlots, loads: list[tuple[int, int]]) -> None:
         host = self.hosts[block].buffer
@@ -297,9 +302,7 @@ class Offloader:
         chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
         if self.config.prefetch_budget is not None:
             chosen = chosen[: self.config.prefetch_budget]
-        cache = 0 if self.config.pool else target
-        offset = target * self.num_experts if self.config.pool else 0
-        ids = len(self.blocks) * self.num_experts if self.config.pool else self.num_experts
+        cache, offset, ids = self._cache_space(target)
         guard = self._last_need if self.config.pool else frozenset()  # one pool: the layer just served stays
         loads = self.cache.prefetch(cache, [offset + int(e) for e in chosen], ids, guard)
         self.stats.prefetch_loads += len(loads)

@@ -22,6 +22,12 @@ class ExpertLayout:
     def nbytes(self) -> int:
         return self.numel * torch.tensor([], dtype=self.dtype).element_size()
 
+    def views(self, buffer: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each parameter as a view of a (rows, numel) buffer laid out this way, shaped (rows, *shape)."""
+        return {
+            name: buffer[:, offset : offset + numel].unflatten(1, shape) for name, shape, offset, numel in self.parts
+        }
+
 
 def expert_layout(module: nn.Module, num_experts: int) -> ExpertLayout:
     parts, offset, dtype = [], 0, None
@@ -53,10 +59,7 @@ class HostExperts:
 
     def views(self) -> dict[str, torch.Tensor]:
         """Each parameter as a view of the buffer, in its original shape (experts first)."""
-        return {
-            name: self.buffer[:, offset : offset + numel].unflatten(1, shape)
-            for name, shape, offset, numel in self.layout.parts
-        }
+        return self.layout.views(self.buffer)
 
 
 class DeviceSlots:
@@ -65,10 +68,7 @@ class DeviceSlots:
     def __init__(self, layout: ExpertLayout, slots: int, device: torch.device) -> None:
         self.layout = layout
         self.buffer = torch.empty((slots, layout.numel), dtype=layout.dtype, device=device)
-        self.views = {
-            name: self.buffer[:, offset : offset + numel].unflatten(1, shape)
-            for name, shape, offset, numel in layout.parts
-        }
+        self.views = layout.views(self.buffer)
         self.ready: list[torch.cuda.Event | None] = [None] * slots
         self.released: list[torch.cuda.Event | None] = [None] * slots
 

@@ -173,6 +173,18 @@ def save_path_predictor(predictor: PathPredictor, path: str | Path, trace: Trace
     )
 
 
+def check_predictor_shape(
+    predictor: PathPredictor, path: str | Path, moe_layers: Any, num_experts: int, top_k: int, subject: str
+) -> None:
+    """Refuse a predictor saved for another model shape (MoE layers, experts, top-k) than `subject`'s."""
+    if (list(predictor.layers), predictor.num_experts, predictor.top_k) != (list(moe_layers), num_experts, top_k):
+        raise InvalidArgumentError(
+            f"predictor {path} was saved for a model with {len(predictor.layers)} MoE layers × "
+            f"{predictor.num_experts} experts, top-{predictor.top_k}; {subject} has {len(moe_layers)} × "
+            f"{num_experts}, top-{top_k}"
+        )
+
+
 def load_path_predictor(path: str | Path, trace: Trace | None = None) -> PathPredictor:
     """A predictor saved by `predict path --save`; refused when saved for another model shape than `trace`'s."""
     import torch
@@ -187,21 +199,12 @@ def load_path_predictor(path: str | Path, trace: Trace | None = None) -> PathPre
     if not isinstance(saved, dict) or saved.get("kind") != PREDICTOR_KIND:
         raise MoetraceError(f"{path} is not a saved moetrace path predictor")
     shape = saved["model"]
-    if trace is not None:
-        model = trace.meta.model
-        if (model.num_experts, model.top_k, list(model.moe_layers)) != (
-            shape["num_experts"],
-            shape["top_k"],
-            shape["moe_layers"],
-        ):
-            raise InvalidArgumentError(
-                f"predictor {path} was saved for a model with {len(shape['moe_layers'])} MoE layers × "
-                f"{shape['num_experts']} experts, top-{shape['top_k']}; this trace's model has {len(model.moe_layers)} × "
-                f"{model.num_experts}, top-{model.top_k}"
-            )
     predictor = make_path_predictor(saved["method"], **saved["options"])
     predictor.num_experts, predictor.top_k = shape["num_experts"], shape["top_k"]
     predictor.layers = tuple(shape["moe_layers"])
+    if trace is not None:
+        model = trace.meta.model
+        check_predictor_shape(predictor, path, model.moe_layers, model.num_experts, model.top_k, "this trace's model")
     predictor.restore(saved["state"])
     predictor.vocabulary = saved.get("vocabulary")
     predictor.lookaheads = tuple(saved["lookaheads"])
