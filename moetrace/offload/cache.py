@@ -12,6 +12,14 @@ from moetrace.sim.policies import get_policy
 LIVE_POLICIES = ("lru", "fifo", "lfu")
 
 
+def check_live_policy(policy: str) -> None:
+    if policy not in LIVE_POLICIES:
+        raise InvalidArgumentError(
+            f"a live cache runs {', '.join(LIVE_POLICIES)} (belady needs the future; static is a replay-only "
+            f"baseline), got {policy!r}"
+        )
+
+
 @dataclass
 class Placement:
     """What a request needs moved: (expert, slot) to load; experts to stream (no slot free)."""
@@ -26,11 +34,7 @@ class SlotCache:
     """`capacity` slots in each of `caches` caches (one per layer, or one pool)."""
 
     def __init__(self, policy: str, capacity: int, caches: int) -> None:
-        if policy not in LIVE_POLICIES:
-            raise InvalidArgumentError(
-                f"a live cache runs {', '.join(LIVE_POLICIES)} (belady needs the future; static is a replay-only "
-                f"baseline), got {policy!r}"
-            )
+        check_live_policy(policy)
         self.key = get_policy(policy).key
         self.capacity = capacity
         self.slot_of: list[dict[int, int]] = [{} for _ in range(caches)]

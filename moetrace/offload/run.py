@@ -45,6 +45,10 @@ class RunConfig:
             raise InvalidArgumentError("--offload needs --capacity or --gpu-memory")
         if self.gpu_memory is not None and self.gpu_memory <= 0:
             raise InvalidArgumentError("--gpu-memory must be positive")
+        if self.offload:  # an unknown policy is refused before any model is loaded
+            from moetrace.offload.runtime import OffloadConfig
+
+            OffloadConfig(policy=self.policy).parts()
 
 
 @dataclass

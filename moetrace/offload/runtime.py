@@ -22,7 +22,7 @@ from torch import nn
 
 from moetrace.errors import InvalidArgumentError, NotAMoEModelError
 from moetrace.models.adapters import find_moe_blocks
-from moetrace.offload.cache import SlotCache
+from moetrace.offload.cache import SlotCache, check_live_policy
 from moetrace.offload.store import DeviceSlots, HostExperts
 
 IMPLEMENTATION = "moetrace_offload"
@@ -44,6 +44,7 @@ class OffloadConfig:
 
     def parts(self) -> tuple[str, str | None]:
         base, _, source = self.policy.partition("+")
+        check_live_policy(base)
         if source and source not in ("pregate", "markov", "mlp", "popularity"):
             raise InvalidArgumentError(
                 f"a live run prefetches with pregate or a saved predictor (markov, mlp), not {source!r}"
