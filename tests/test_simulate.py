@@ -180,8 +180,14 @@ def test_bad_inputs(tmp_path) -> None:  # type: ignore[no-untyped-def]
         simulate(trace, SimConfig(capacities=(1,)))
     with pytest.raises(InvalidArgumentError, match="--bandwidth must be positive"):
         SimConfig(bandwidth=0)
-    with pytest.raises(InvalidArgumentError, match="unknown policy 'arc'; known: lru, fifo, lfu, belady, static"):
-        SimConfig(policies=("arc",))
+    with pytest.raises(InvalidArgumentError, match="unknown policy 'bogus'; known: .*lru.*belady"):
+        SimConfig(policies=("bogus",))
+    with pytest.raises(InvalidArgumentError, match="belady takes no prefetch source"):
+        SimConfig(policies=("belady+oracle",))
+    with pytest.raises(InvalidArgumentError, match="unknown prefetch source 'psychic'"):
+        SimConfig(policies=("lru+psychic",))
+    with pytest.raises(InvalidArgumentError, match="--batch-size schedules tokens"):
+        SimConfig(order="step", batch_size=4)
     with pytest.raises(InvalidArgumentError, match="needs --predictor"):
         simulate(trace, SimConfig(policies=("lru+markov",)))
 
@@ -231,4 +237,4 @@ def test_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert table.exit_code == 0 and "capacity 7 per layer" in table.stdout
     assert_one_error_line(run("simulate", GOLDEN, "--capacity", 1), "smaller than top-k")
     assert_one_error_line(run("simulate", GOLDEN, "--bandwidth", "-5GB/s"), "--bandwidth")
-    assert_one_error_line(run("simulate", GOLDEN, "--policy", "arc"), "known: lru, fifo")
+    assert_one_error_line(run("simulate", GOLDEN, "--policy", "bogus"), "unknown policy 'bogus'")

@@ -12,27 +12,32 @@ from typing import Any
 import numpy as np
 
 from moetrace.errors import InvalidArgumentError
-from moetrace.sim.engine import Counts, lru_ranks
-from moetrace.sim.policies import get_policy, policy_names
+from moetrace.sim.engine import lru_ranks
+from moetrace.sim.policies import ALL, PolicySpec, parse_policy, registered
+from moetrace.sim.reference import Counts, check_capacity
 from moetrace.sim.replay import Prefetch, cache_layout, replay
-from moetrace.sim.stream import Stream, build_stream
+from moetrace.sim.stream import ORDERS, Stream, build_stream
 from moetrace.trace.reader import Trace
 
 #: progress(jobs_done, jobs_total, description)
 Progress = Callable[[int, int, str], None]
-PREFETCH_SOURCES = ("oracle", "pregate", "markov", "mlp", "popularity")
 
 
 @dataclass(frozen=True)
 class SimConfig:
-    """What `simulate` replays; saved beside its results."""
+    """What `simulate` replays; saved beside its results (`to_dict()["config"]`)."""
 
     policies: tuple[str, ...] = ("lru", "fifo", "lfu", "belady")
+    """Policy names (`moetrace.sim.policies.policy_names()`), prefetching forms `policy+source`, or
+    `all` (every policy the inputs allow)."""
     capacities: tuple[int, ...] = (8,)
     """Slots per layer, or in all when `pool`."""
     pool: bool = False
+    """One cache shared by all layers instead of one per layer."""
     order: str = "step"
+    """`step`: one need-set per (step, layer); `token`: token by token (decode at batch size 1)."""
     phase: str | None = None
+    """Replay only this phase of the trace (prefill, decode, train); None: all."""
     bandwidth: float = 25e9
     """Host-to-device bytes per second."""
     layer_time: float = 0.0
@@ -40,39 +45,62 @@ class SimConfig:
     expert_bytes: int | None = None
     """Bytes of one expert; meta.json's when None."""
     prefetch_depth: int = 1
+    """Prefetch this many layers ahead."""
     prefetch_budget: int | None = None
-    static_share: float = 0.2
-    """`static` pins the hottest experts of this first share of the stream."""
+    """At most this many experts prefetched per request (None: the source's own choice)."""
+    warmup_share: float = 0.2
+    """Policies that learn from a first share of the stream (`static`) learn from this share."""
     batch_size: int | None = None
-    """Token scheduling: replay batches of this many sequences, arrival and grouped."""
+    """Token scheduling: replay batches of this many sequences, arrival and grouped (token order)."""
     workers: int | None = None
+    """Replays run in parallel on this many threads (None: one per core)."""
 
     def __post_init__(self) -> None:
+        if not self.policies:
+            raise InvalidArgumentError("--policy names no policy")
         if self.bandwidth <= 0:
             raise InvalidArgumentError(f"--bandwidth must be positive, got {self.bandwidth:g} bytes/s")
         if self.layer_time < 0:
             raise InvalidArgumentError(f"--layer-time must be 0 or more, got {self.layer_time:g} s")
         if not self.capacities or min(self.capacities) < 1:
             raise InvalidArgumentError(f"--capacity must be at least 1, got {list(self.capacities)}")
-        if not 0 < self.static_share < 1:
-            raise InvalidArgumentError(f"the static policy's training share must be in (0, 1), got {self.static_share}")
+        if self.order not in ORDERS:
+            raise InvalidArgumentError(f"--order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        if self.expert_bytes is not None and self.expert_bytes < 1:
+            raise InvalidArgumentError(f"--expert-bytes must be positive, got {self.expert_bytes}")
+        if self.prefetch_depth < 1:
+            raise InvalidArgumentError(f"--prefetch-depth must be at least 1, got {self.prefetch_depth}")
+        if self.prefetch_budget is not None and self.prefetch_budget < 1:
+            raise InvalidArgumentError(f"--prefetch-budget must be at least 1, got {self.prefetch_budget}")
+        if not 0 < self.warmup_share < 1:
+            raise InvalidArgumentError(f"the warm-up share must be in (0, 1), got {self.warmup_share}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InvalidArgumentError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.batch_size is not None and self.order != "token":
+            raise InvalidArgumentError(
+                f"--batch-size schedules tokens: it needs --order token, not --order {self.order}"
+            )
+        if self.workers is not None and self.workers < 1:
+            raise InvalidArgumentError(f"--workers must be at least 1, got {self.workers}")
         for name in self.policies:
-            parse_policy(name)
+            if name != ALL:
+                parse_policy(name)
 
 
-def parse_policy(name: str) -> tuple[str, str | None]:
-    """`lru` -> ('lru', None); `lru+markov` -> ('lru', 'markov'); `static` -> ('static', None)."""
-    base, _, source = name.partition("+")
-    if base == "static" and not source:
-        return base, None
-    if base not in ("lru", "fifo", "lfu", "belady") or (source and source not in PREFETCH_SOURCES):
-        raise InvalidArgumentError(
-            f"unknown policy {name!r}; known: {', '.join(policy_names())} (any of lru, fifo, lfu + a prefetch source: {', '.join(PREFETCH_SOURCES)})"
-        )
-    if base == "belady" and source:
-        raise InvalidArgumentError("belady already knows the future; prefetching takes lru, fifo or lfu")
-    get_policy(base)
-    return base, source or None
+def expand_policies(names: tuple[str, ...], trace: Trace, predictor: str | None) -> list[PolicySpec]:
+    """The policies to replay: `all` becomes every registered policy, `lru+oracle`, `lru+pregate` when
+    the trace recorded pre-gating, and `lru+METHOD` for a given predictor; duplicates dropped."""
+    chosen: list[str] = []
+    for name in names:
+        if name != ALL:
+            chosen.append(name)
+            continue
+        chosen += [p.name for p in registered()] + ["lru+oracle"]
+        if "pregate_experts" in trace.route_columns():
+            chosen.append("lru+pregate")
+        if predictor is not None:
+            chosen.append(f"lru+{predictor}")
+    return [parse_policy(name) for name in dict.fromkeys(chosen)]
 
 
 @dataclass
@@ -128,43 +156,40 @@ def simulate(
         )
     transfer_s = (expert_bytes or 0) / config.bandwidth
     most = int(stream.sizes().max())
-    capacity_limit = len(stream.layers) * stream.num_experts if config.pool else stream.num_experts
+    ids_per_cache = len(stream.layers) * stream.num_experts if config.pool else stream.num_experts
     for capacity in config.capacities:
-        if capacity < stream.top_k:
-            raise InvalidArgumentError(
-                f"capacity {capacity} is smaller than top-k ({stream.top_k}): a token's experts must fit"
-            )
-        if capacity > capacity_limit:
-            raise InvalidArgumentError(
-                f"capacity {capacity} is more than the {capacity_limit} experts there are to cache"
-            )
+        check_capacity(capacity, stream.top_k, ids_per_cache)
     loaded = None
     if predictor is not None:
         from moetrace.predict.path import load_path_predictor
 
         loaded = load_path_predictor(predictor, trace)
+    specs = expand_policies(config.policies, trace, loaded.name if loaded is not None else None)
     plans: dict[str, Prefetch] = {}
-    for name in config.policies:
-        base, source = parse_policy(name)
-        if source is not None and source not in plans:
-            from moetrace.sim.prefetch import plan
+    for spec in specs:
+        if spec.source is None or spec.source in plans:
+            continue
+        from moetrace.sim.prefetch import plan
 
-            if source not in ("oracle", "pregate") and loaded is not None and loaded.name != source:
-                raise InvalidArgumentError(f"--predictor holds a {loaded.name} predictor; the policy asks for {source}")
-            plans[source] = plan(stream, source, depth=config.prefetch_depth, budget=config.prefetch_budget, trace=trace,
-                                 predictor=loaded)  # fmt: skip
-    jobs = [(name, capacity) for name in config.policies for capacity in config.capacities]
+        if spec.needs_predictor:
+            if loaded is None:
+                raise InvalidArgumentError(f"{spec.text} needs --predictor (saved by `moetrace predict path --save`)")
+            if loaded.name != spec.source:
+                raise InvalidArgumentError(
+                    f"--predictor holds a {loaded.name} predictor; the policy asks for {spec.source}"
+                )
+        plans[spec.source] = plan(stream, spec.source, depth=config.prefetch_depth, budget=config.prefetch_budget,
+                                  trace=trace, predictor=loaded)  # fmt: skip
+    jobs = [(spec, capacity) for spec in specs for capacity in config.capacities]
     done = 0
 
-    def run(job: tuple[str, int]) -> dict[str, Any]:
-        name, capacity = job
-        base, source = parse_policy(name)
-        if base == "static":
-            counts = static_replay(stream, capacity, config.static_share, config.pool, transfer_s, config.layer_time)
-        else:
-            counts = replay(stream, base, capacity, pool=config.pool, prefetch=plans.get(source or ""),
-                            transfer_s=transfer_s, layer_s=config.layer_time)  # fmt: skip
-        return _row(name, capacity, counts, stream, expert_bytes or 0, transfer_s, config.layer_time)
+    def run(job: tuple[PolicySpec, int]) -> dict[str, Any]:
+        spec, capacity = job
+        counts = replay(stream, spec.policy, capacity, pool=config.pool, prefetch=plans.get(spec.source or ""),
+                        transfer_s=transfer_s, layer_s=config.layer_time, warm_share=config.warmup_share)  # fmt: skip
+        row = _row(spec.text, capacity, counts, stream, expert_bytes or 0, transfer_s, config.layer_time)
+        row["bound"] = spec.bound
+        return row
 
     with ThreadPoolExecutor(max_workers=config.workers or os.cpu_count() or 1) as pool:
         for row in pool.map(run, jobs):
@@ -172,14 +197,16 @@ def simulate(
             done += 1
             if progress is not None:
                 progress(done, len(jobs), f"{row['policy']} at {row['capacity']}")
-    if any(parse_policy(p)[0] == "lru" for p in config.policies):
+    if any(spec.policy.name == "lru" for spec in specs):
         result.lru_curve = lru_curve(stream, config.pool, start=most)
     if config.batch_size is not None:
-        result.scheduling = schedule_rows(stream, config, transfer_s)
+        result.scheduling = schedule_rows(stream, config, transfer_s, specs)
     return result
 
 
-def schedule_rows(stream: Stream, config: SimConfig, transfer_s: float) -> list[dict[str, Any]]:
+def schedule_rows(
+    stream: Stream, config: SimConfig, transfer_s: float, specs: list[PolicySpec]
+) -> list[dict[str, Any]]:
     """Experts activated per forward and layer, and each demand policy's hit rate, per schedule."""
     from moetrace.sim.schedule import SCHEDULES, scheduled_stream
 
@@ -187,17 +214,15 @@ def schedule_rows(stream: Stream, config: SimConfig, transfer_s: float) -> list[
     for schedule in SCHEDULES:
         batches = scheduled_stream(stream, config.batch_size or 1, schedule)
         per_request = float(batches.sizes().mean())
-        for name in config.policies:
-            base, source = parse_policy(name)
-            if source is not None or base == "static":
+        for spec in specs:
+            if spec.source is not None:
                 continue
             for capacity in config.capacities:
-                counts = replay(
-                    batches, base, capacity, pool=config.pool, transfer_s=transfer_s, layer_s=config.layer_time
-                )
+                counts = replay(batches, spec.policy, capacity, pool=config.pool, transfer_s=transfer_s,
+                                layer_s=config.layer_time, warm_share=config.warmup_share)  # fmt: skip
                 accesses = counts.hits + counts.misses
                 rows.append({"schedule": schedule, "batch_size": config.batch_size, "forwards": batches.requests // len(batches.layers),
-                             "experts_per_forward_layer": per_request, "policy": name, "capacity": capacity,
+                             "experts_per_forward_layer": per_request, "policy": spec.text, "capacity": capacity,
                              "hit_rate": counts.hits / accesses, "loads": counts.loads})  # fmt: skip
     return rows
 
@@ -229,25 +254,6 @@ def _row(
         row["prefetch_accuracy"] = counts.useful_prefetches / counts.prefetch_loads
         row["wasted_loads"] = counts.wasted_prefetches
     return row
-
-
-def static_replay(stream: Stream, capacity: int, share: float, pool: bool, transfer_s: float, layer_s: float) -> Counts:
-    """`static`: the `capacity` experts most needed in the first `share` of the stream are pinned
-    (per layer, or across layers in one pool); everything else is loaded when needed and not kept.
-    Counted over the whole stream."""
-    cache_of, ids, n_caches, n_ids = cache_layout(stream, pool)
-    request_of_access = np.repeat(np.arange(stream.requests), stream.sizes())
-    cut = stream.offsets[max(1, int(share * stream.requests))]
-    counts = np.zeros((n_caches, n_ids), np.int64)
-    np.add.at(counts, (cache_of[request_of_access[:cut]], ids[:cut]), 1)
-    pinned = np.zeros((n_caches, n_ids), bool)
-    for c in range(n_caches):
-        pinned[c, np.argsort(-counts[c], kind="stable")[:capacity]] = True
-    hit = pinned[cache_of[request_of_access], ids]
-    misses_per_request = np.bincount(request_of_access[~hit], minlength=stream.requests)
-    total = float(misses_per_request.sum() * transfer_s + stream.requests * layer_s)
-    stall = float(misses_per_request.sum() * transfer_s)
-    return Counts(int(hit.sum()), int((~hit).sum()), int((~hit).sum()), 0, 0, 0, stall, total)
 
 
 def lru_curve(stream: Stream, pool: bool = False, start: int | None = None) -> tuple[np.ndarray, np.ndarray]:

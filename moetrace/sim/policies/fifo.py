@@ -1,9 +1,25 @@
 """fifo: evict the resident inserted first; ties: the smallest id."""
 
+import numpy as np
+
 from moetrace.sim.policies import register_policy
+from moetrace.sim.policies._shared import smallest
 
 
-@register_policy("fifo")
-def fifo_key(last_use: int, inserted: int, needs: int, upcoming: int, ident: int, n_ids: int, horizon: int) -> int:
-    """Earliest insertion first; ties: smallest id."""
-    return inserted * n_ids + ident
+@register_policy
+class FIFO:
+    """Evict the resident inserted first (ties: smallest id)."""
+
+    name = "fifo"
+
+    @staticmethod
+    def state(n_caches, n_ids, capacity, warm):  # type: ignore[no-untyped-def]
+        return (np.zeros((n_caches, n_ids), np.int64),)  # insertion (request index)
+
+    @staticmethod
+    def insert(state, c, x, r, next_need, demand):  # type: ignore[no-untyped-def]
+        state[0][c, x] = r
+
+    @staticmethod
+    def victim(state, c, x, guarded, residents, count):  # type: ignore[no-untyped-def]
+        return smallest(state[0], c, guarded, residents, count)

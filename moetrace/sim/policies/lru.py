@@ -1,9 +1,29 @@
 """lru: evict the resident used longest ago; ties: the smallest id."""
 
+import numpy as np
+
 from moetrace.sim.policies import register_policy
+from moetrace.sim.policies._shared import smallest
 
 
-@register_policy("lru")
-def lru_key(last_use: int, inserted: int, needs: int, upcoming: int, ident: int, n_ids: int, horizon: int) -> int:
-    """Oldest last use first; ties: smallest id."""
-    return last_use * n_ids + ident
+@register_policy
+class LRU:
+    """Evict the resident used longest ago (ties: smallest id)."""
+
+    name = "lru"
+
+    @staticmethod
+    def state(n_caches, n_ids, capacity, warm):  # type: ignore[no-untyped-def]
+        return (np.zeros((n_caches, n_ids), np.int64),)  # last use (request index)
+
+    @staticmethod
+    def hit(state, c, x, r, next_need):  # type: ignore[no-untyped-def]
+        state[0][c, x] = r
+
+    @staticmethod
+    def insert(state, c, x, r, next_need, demand):  # type: ignore[no-untyped-def]
+        state[0][c, x] = r
+
+    @staticmethod
+    def victim(state, c, x, guarded, residents, count):  # type: ignore[no-untyped-def]
+        return smallest(state[0], c, guarded, residents, count)
