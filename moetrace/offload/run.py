@@ -57,9 +57,14 @@ class RunReport:
     config: dict[str, Any]
     generated: list[list[int]]
     prefill_tokens: int
+    """Prompt tokens (padding excluded), all computed by the prefill forwards."""
     decode_tokens: int
+    """Tokens computed by the decode forwards: every generated token but each row's first (which the
+    prefill forward produces), up to and with the row's end-of-sequence token; rows that have finished
+    are not counted."""
     prefill_s: float
     decode_s: float
+    """Time of the decode forwards (every forward after a batch's prefill)."""
     peak_memory_bytes: int | None
     capacity: int | None = None
     hits: int = 0
@@ -71,15 +76,26 @@ class RunReport:
     decode_misses: int = 0
     decode_bytes: int = 0
     useful_prefetches: int = 0
-    """Prefetched experts that were used before being evicted (the rest were wasted loads)."""
+    """Prefetched experts that were used before being evicted."""
+    wasted_prefetches: int = 0
+    """Prefetched experts never used: evicted unused, or still unused at the end."""
+    streamed: int = 0
+    """Misses that found no slot (every resident was needed by the same request): copied for that
+    request only, not kept."""
     trace: str | None = None
     baseline: dict[str, Any] | None = None
     text: list[str] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
+        """Prefill and decode tokens (each token computed once) per second of forward time."""
         seconds = self.prefill_s + self.decode_s
         return (self.prefill_tokens + self.decode_tokens) / seconds if seconds else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Decode tokens per second of decode time."""
+        return self.decode_tokens / self.decode_s if self.decode_s else 0.0
 
     @property
     def hit_rate(self) -> float:
@@ -90,7 +106,7 @@ class RunReport:
         data.update(
             tokens_per_s=self.tokens_per_s,
             prefill_tokens_per_s=self.prefill_tokens / self.prefill_s if self.prefill_s else 0.0,
-            decode_tokens_per_s=self.decode_tokens / self.decode_s if self.decode_s else 0.0,
+            decode_tokens_per_s=self.decode_tokens_per_s,
             hit_rate=self.hit_rate,
         )
         return data
@@ -197,6 +213,8 @@ def run_model(
         report.prefetch_loads, report.bytes, report.stall_s = stats.prefetch_loads, stats.bytes, stats.stall_s
         report.decode_misses, report.decode_bytes = stats.decode_misses, stats.decode_bytes
         report.useful_prefetches = offloader.cache.useful_prefetches
+        report.wasted_prefetches = stats.prefetch_loads - report.useful_prefetches
+        report.streamed = stats.streamed
     if baseline is not None:
         baseline["identical"] = baseline["generated"] == report.generated
         report.baseline = baseline
@@ -299,7 +317,7 @@ def _generate_all(model: Any, encoded: list[list[int]], config: RunConfig, devic
                 ends = [i for i, token in enumerate(row) if token in eos_ids]
                 generated.append(row[: ends[0] + 1] if ends else row)  # up to and with its end-of-sequence token
                 batch_tokens += len(generated[-1])
-                decode_tokens += len(generated[-1])
+                decode_tokens += len(generated[-1]) - 1  # its first new token came out of the prefill forward
             if progress is not None:
                 progress(start + len(batch), len(encoded), batch_tokens)
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
