@@ -71,3 +71,13 @@ def unlink(qs, c, x):  # type: ignore[no-untyped-def]
     older[c, x] = NONE
     size[c, q] -= 1
     where[c, x] = NONE
+
+
+@njit(inline="always")
+def unguarded(c, guarded, residents, count):  # type: ignore[no-untyped-def]
+    """How many of cache c's residents may be evicted now."""
+    n = 0
+    for s in range(count):
+        if not guarded[c, residents[s]]:
+            n += 1
+    return n
