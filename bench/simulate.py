@@ -92,7 +92,7 @@ def policies(train: moetrace.Trace, test: moetrace.Trace, tmp: Path, train_steps
     for method in ("markov", "mlp"):
         result = evaluate_paths(train, PathConfig(methods=(method,), lookaheads=(1,)), test_trace=test,
                                 predictor_options={"mlp": {"train_steps": train_steps}})  # fmt: skip
-        predictors[method] = tmp / f"{method}.pt"
+        predictors[method] = tmp / f"{method}.safetensors"
         save_path_predictor(result.predictors[method], predictors[method], train, (1,))
         print(f"{method}: next-layer recall on the test prompts {result.results[0]['recall']:.3f}", flush=True)
     rows_by = {}

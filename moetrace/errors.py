@@ -33,3 +33,7 @@ class PromptsError(MoetraceError):
 
 class InvalidArgumentError(MoetraceError, ValueError):
     """An option has a value outside what it accepts."""
+
+
+class PredictorFileError(MoetraceError):
+    """A predictor file is not one moetrace saved (a pickle, a foreign or truncated file) or is from a newer format."""

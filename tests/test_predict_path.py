@@ -109,8 +109,8 @@ def test_saved_predictors_load_and_predict_the_same(generation_trace, tmp_path) 
     for method, options in (("markov", {}), ("mlp", {"train_steps": 50, "hidden": 32})):
         predictor = make_path_predictor(method, **options)
         predictor.fit(data, (1, 2))
-        save_path_predictor(predictor, tmp_path / f"{method}.pt", generation_trace, (1, 2))
-        loaded = load_path_predictor(tmp_path / f"{method}.pt", generation_trace)
+        save_path_predictor(predictor, tmp_path / f"{method}.safetensors", generation_trace, (1, 2))
+        loaded = load_path_predictor(tmp_path / f"{method}.safetensors", generation_trace)
         for d in (1, 2):
             np.testing.assert_array_equal(loaded.predict(data, 0, d), predictor.predict(data, 0, d))
 
@@ -133,11 +133,11 @@ def test_bad_inputs(generation_trace, tmp_path) -> None:  # type: ignore[no-unty
     other = moetrace.record(tiny_model("olmoe"), [[1, 2, 3]], tmp_path / "other", max_new_tokens=2)
     markov = make_path_predictor("markov")
     markov.fit(path_data(generation_trace), (1,))
-    save_path_predictor(markov, tmp_path / "m.pt", generation_trace, (1,))
+    save_path_predictor(markov, tmp_path / "m.safetensors", generation_trace, (1,))
     with pytest.raises(
         InvalidArgumentError, match="saved for a model with 4 MoE layers × 4 experts, top-2; this trace"
     ):
-        load_path_predictor(tmp_path / "m.pt", other)
+        load_path_predictor(tmp_path / "m.safetensors", other)
     no_pregate = moetrace.record(tiny_model("olmoe"), [[1, 2, 3], [1, 4]], tmp_path / "np", max_new_tokens=2)
     with pytest.raises(InvalidArgumentError, match="record --pregate"):
         evaluate_paths(no_pregate, PathConfig(methods=("pregate",), split=0.5))
@@ -145,12 +145,12 @@ def test_bad_inputs(generation_trace, tmp_path) -> None:  # type: ignore[no-unty
 
 def test_cli(generation_trace, tmp_path) -> None:  # type: ignore[no-untyped-def]
     result = run("predict", "path", generation_trace.path, "--method", "markov", "--lookahead", "1,2", "--json",
-                 "--save", tmp_path / "m.pt", "--plot", tmp_path / "p.png")  # fmt: skip
+                 "--save", tmp_path / "m.safetensors", "--plot", tmp_path / "p.png")  # fmt: skip
     assert result.exit_code == 0, result.output
     first = json.loads(result.stdout)["results"]
     assert [(r["method"], r["lookahead"]) for r in first] == [("markov", 1), ("markov", 2)]
     again = run("predict", "path", generation_trace.path, "--method", "markov", "--lookahead", "1,2", "--json",
-                "--load", tmp_path / "m.pt")  # fmt: skip
+                "--load", tmp_path / "m.safetensors")  # fmt: skip
     assert [r["recall"] for r in json.loads(again.stdout)["results"]] == [r["recall"] for r in first]
     table = run("predict", "path", generation_trace.path, "--method", "popularity,markov,pregate")
     assert table.exit_code == 0 and "recall@2" in table.stdout

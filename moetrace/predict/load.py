@@ -218,7 +218,9 @@ def save_forecaster(forecaster: LoadForecaster, path: str | Path, trace: Trace) 
 
     if not isinstance(forecaster, _Neural):
         raise InvalidArgumentError(f"--save keeps mlp and lstm models; {forecaster.name} has nothing to save")
-    forecaster.save(path, {"trained_on": str(trace.path), "trace_hash": trace_hash(trace)})
+    from moetrace.predict.files import model_shape
+
+    forecaster.save(path, {"model": model_shape(trace), "trace_hash": trace_hash(trace), "trained_on": str(trace.path)})
 
 
 def trace_hash(trace: Trace) -> str:

@@ -10,13 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from moetrace.errors import InvalidArgumentError, MoetraceError
+from moetrace.errors import InvalidArgumentError, MoetraceError, PredictorFileError
 from moetrace.predict.paths import PathPredictor, make_path_predictor
 from moetrace.predict.paths.data import PathData, path_data, recall_at_k
 from moetrace.trace.reader import Trace
 
 DEFAULT_METHODS = ("popularity", "markov", "mlp")
-PREDICTOR_KIND = "moetrace-path-predictor"
 
 #: progress(units_done, units_total, description)
 Progress = Callable[[int, int, str], None]
@@ -145,32 +144,24 @@ def _same_shape(trace: Trace, other: Trace, what: str) -> None:
 
 
 def save_path_predictor(predictor: PathPredictor, path: str | Path, trace: Trace, lookaheads: tuple[int, ...]) -> None:
-    """Save a fitted predictor with what it was fitted for: model shape, method, lookaheads, trace hash."""
-    import torch
+    """Save a fitted predictor as a safetensors file (`.safetensors`; no pickle, see `predict/files.py`).
 
+    Its state (count tables, popularity, network weights, the token vocabulary) is stored as tensors; the
+    header holds the method and its options, the model shape, the lookaheads and the training trace's hash.
+    """
+    from moetrace.predict.files import PATH_PREDICTOR, model_shape, vocabulary_tensors, write_predictor_file
     from moetrace.predict.load import trace_hash
 
-    model = trace.meta.model
-    torch.save(
-        {
-            "kind": PREDICTOR_KIND,
-            "version": 1,
-            "method": predictor.name,
-            "options": predictor.options,
-            "state": predictor.state(),
-            "model": {
-                "num_experts": model.num_experts,
-                "top_k": model.top_k,
-                "moe_layers": list(model.moe_layers),
-                "name": model.name,
-            },
-            "lookaheads": list(lookaheads),
-            "trace_hash": trace_hash(trace),
-            "trained_on": str(trace.path),
-            "vocabulary": predictor.vocabulary,
-        },
-        path,
-    )
+    vocabulary = predictor.vocabulary
+    header = {
+        "method": predictor.name,
+        "options": predictor.options,
+        "model": {**model_shape(trace), "vocabulary_size": None if vocabulary is None else len(vocabulary)},
+        "lookaheads": [int(d) for d in lookaheads],
+        "trace_hash": trace_hash(trace),
+        "trained_on": str(trace.path),
+    }
+    write_predictor_file(path, PATH_PREDICTOR, header, {**predictor.state(), **vocabulary_tensors(vocabulary)})
 
 
 def check_predictor_shape(
@@ -186,26 +177,31 @@ def check_predictor_shape(
 
 
 def load_path_predictor(path: str | Path, trace: Trace | None = None) -> PathPredictor:
-    """A predictor saved by `predict path --save`; refused when saved for another model shape than `trace`'s."""
-    import torch
+    """A predictor saved by `predict path --save`; refused when saved for another model shape than `trace`'s.
 
-    path = Path(path)
-    if not path.is_file():
-        raise MoetraceError(f"predictor file {path} does not exist")
+    The file is read as safetensors only (never unpickled): a pickle, a foreign or truncated file, or a
+    newer format version raises `PredictorFileError`.
+    """
+    from moetrace.predict.files import PATH_PREDICTOR, read_predictor_file, vocabulary_from
+
+    header, tensors = read_predictor_file(path, PATH_PREDICTOR)
     try:
-        saved = torch.load(path, weights_only=False)
-    except Exception as exc:  # torch.load raises many kinds (pickle, zip, runtime) for a foreign file
-        raise MoetraceError(f"{path} is not a saved moetrace path predictor: {str(exc).splitlines()[0]}") from None
-    if not isinstance(saved, dict) or saved.get("kind") != PREDICTOR_KIND:
-        raise MoetraceError(f"{path} is not a saved moetrace path predictor")
-    shape = saved["model"]
-    predictor = make_path_predictor(saved["method"], **saved["options"])
-    predictor.num_experts, predictor.top_k = shape["num_experts"], shape["top_k"]
-    predictor.layers = tuple(shape["moe_layers"])
+        shape = header["model"]
+        predictor = make_path_predictor(str(header["method"]), **header["options"])
+        predictor.num_experts, predictor.top_k = int(shape["num_experts"]), int(shape["top_k"])
+        predictor.layers = tuple(int(layer) for layer in shape["moe_layers"])
+        predictor.lookaheads = tuple(int(d) for d in header["lookaheads"])
+    except MoetraceError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PredictorFileError(f"{path} has an incomplete moetrace predictor header (missing or bad {exc})") from None
     if trace is not None:
         model = trace.meta.model
         check_predictor_shape(predictor, path, model.moe_layers, model.num_experts, model.top_k, "this trace's model")
-    predictor.restore(saved["state"])
-    predictor.vocabulary = saved.get("vocabulary")
-    predictor.lookaheads = tuple(saved["lookaheads"])
+    try:
+        predictor.restore(tensors)
+        predictor.vocabulary = vocabulary_from(tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise PredictorFileError(f"{path}: its tensors do not fit its {predictor.name} header ({reason})") from None
     return predictor

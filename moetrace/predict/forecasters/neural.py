@@ -148,34 +148,49 @@ class _Neural(LoadForecaster):
         return np.transpose(steps, (0, 2, 1)).reshape(len(origins), horizon, *series.shape[1:])
 
     def save(self, path: str | Path, meta: dict[str, Any]) -> None:
-        import torch
+        """Write the fitted models as a safetensors predictor file (`predict/files.py`); `meta` joins its header."""
+        from moetrace.predict.files import LOAD_FORECASTER, write_predictor_file
 
-        state = {h: {"state_dict": m.state_dict(), "scale": s, "inputs": self.lags + len(SCALES), "outputs": self.segments(h)}
-                 for h, (m, s) in self.models.items()}  # fmt: skip
-        torch.save({"method": self.name, "options": self.options, "models": state, "meta": meta}, path)
+        tensors = {
+            f"models.{horizon}.{name}": weight.detach().cpu().numpy()
+            for horizon, (model, _) in self.models.items()
+            for name, weight in model.state_dict().items()
+        }
+        models = {
+            str(horizon): {"scale": scale, "inputs": self.lags + len(SCALES), "outputs": self.segments(horizon)}
+            for horizon, (_, scale) in self.models.items()
+        }
+        header = {"method": self.name, "options": self.options, "models": models, **meta}
+        write_predictor_file(path, LOAD_FORECASTER, header, tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> _Neural:
+        """A forecaster saved by `save`, read as safetensors only (never unpickled)."""
         import torch
 
-        from moetrace.errors import MoetraceError
-
-        try:
-            saved = torch.load(path, weights_only=False)
-        except Exception as exc:  # torch.load raises many kinds (pickle, zip, runtime) for a foreign file
-            raise MoetraceError(f"{path} is not a saved moetrace load forecaster: {str(exc).splitlines()[0]}") from None
-        if not isinstance(saved, dict) or saved.get("method") not in ("mlp", "lstm"):
-            raise MoetraceError(f"{path} is not a saved moetrace mlp or lstm load forecaster")
+        from moetrace.errors import MoetraceError, PredictorFileError
+        from moetrace.predict.files import LOAD_FORECASTER, grouped, read_predictor_file
         from moetrace.predict.forecasters import make_forecaster
 
-        forecaster = make_forecaster(saved["method"], **saved["options"])
-        assert isinstance(forecaster, _Neural)
-        for horizon, entry in saved["models"].items():
-            model = forecaster.build(entry["inputs"], entry["outputs"])
-            model.load_state_dict(entry["state_dict"])
-            model.eval()
-            forecaster.models[int(horizon)] = (model, entry["scale"])
-        forecaster.loaded_meta = saved.get("meta", {})
+        header, tensors = read_predictor_file(path, LOAD_FORECASTER)
+        if header.get("method") not in ("mlp", "lstm"):
+            raise PredictorFileError(f"{path} is not a saved moetrace mlp or lstm load forecaster")
+        try:
+            weights = grouped(tensors, "models")
+            forecaster = make_forecaster(header["method"], **header["options"])
+            assert isinstance(forecaster, _Neural)
+            for horizon, entry in header["models"].items():
+                model = forecaster.build(int(entry["inputs"]), int(entry["outputs"]))
+                model.load_state_dict({name: torch.from_numpy(w) for name, w in weights[int(horizon)].items()})
+                model.eval()
+                forecaster.models[int(horizon)] = (model, float(entry["scale"]))
+        except MoetraceError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            method = header["method"]
+            raise PredictorFileError(f"{path}: its tensors do not fit its {method} header ({reason})") from None
+        forecaster.loaded_meta = {k: v for k, v in header.items() if k in ("model", "trace_hash", "trained_on")}
         return forecaster
 
 

@@ -62,12 +62,12 @@ class PathPredictor:
         order = np.argsort(-np.take_along_axis(scores, chosen, axis=1), axis=1, kind="stable")
         return np.take_along_axis(chosen, order, axis=1)
 
-    def state(self) -> dict[str, Any]:
-        """What `save` keeps besides the options (numpy arrays and plain values)."""
+    def state(self) -> dict[str, np.ndarray]:
+        """What `save` keeps besides the options and the model shape: named tensors (see `predict/files.py`)."""
         return {}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        pass
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Take back what `state` returned (read from a predictor file)."""
 
 
 def make_path_predictor(name: str, **options: Any) -> PathPredictor:

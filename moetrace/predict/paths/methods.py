@@ -16,6 +16,12 @@ def _counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
     return np.bincount(experts.reshape(-1), minlength=num_experts).astype(np.float64)
 
 
+def _checked(tensor: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    if tensor.shape != shape:
+        raise ValueError(f"tensor {name} has shape {tensor.shape}, expected {shape}")
+    return tensor
+
+
 @register_path_predictor("popularity")
 class Popularity(PathPredictor):
     """The target layer's most used experts in the training tokens, whatever the token."""
@@ -27,11 +33,11 @@ class Popularity(PathPredictor):
     def scores(self, data: PathData, source: int, lookahead: int) -> np.ndarray:
         return np.broadcast_to(self.popular[source + lookahead], (data.tokens, self.num_experts))
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, np.ndarray]:
         return {"popular": self.popular}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.popular = state["popular"]
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        self.popular = _checked(state["popular"], (len(self.layers), self.num_experts), "popular")
 
 
 @register_path_predictor("markov")
@@ -69,11 +75,12 @@ class Markov(PathPredictor):
         table = self.tables[lookahead][source]
         return table[data.experts[:, source]].sum(axis=1)
 
-    def state(self) -> dict[str, Any]:
-        return {"tables": {d: t for d, t in self.tables.items()}}
+    def state(self) -> dict[str, np.ndarray]:
+        return {f"tables.{d}": t for d, t in self.tables.items()}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.tables = {int(d): t for d, t in state["tables"].items()}
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        shape = (len(self.layers), self.num_experts, self.num_experts)
+        self.tables = {d: _checked(state[f"tables.{d}"], shape, f"tables.{d}") for d in self.lookaheads}
 
 
 @register_path_predictor("pregate")

@@ -95,12 +95,22 @@ class PathMlpPredictor(PathPredictor):
             inputs = self._inputs(torch.as_tensor(data.experts), rows, layer)
             return net(inputs, layer, tokens, layer + lookahead).numpy()
 
-    def state(self) -> dict[str, Any]:
-        return {"nets": {d: net.state_dict() for d, net in self.nets.items()}}
+    def state(self) -> dict[str, np.ndarray]:
+        return {
+            f"nets.{d}.{name}": weight.detach().cpu().numpy()
+            for d, net in self.nets.items()
+            for name, weight in net.state_dict().items()
+        }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        for d, weights in state["nets"].items():
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        import torch
+
+        from moetrace.predict.files import grouped
+
+        nets = grouped(state, "nets")
+        for d in self.lookaheads:
+            weights = nets[d]
             net = self._net()
-            net.load_state_dict(weights)
+            net.load_state_dict({name: torch.from_numpy(w) for name, w in weights.items()})
             net.eval()
-            self.nets[int(d)] = net
+            self.nets[d] = net
