@@ -6,6 +6,7 @@ import typer
 
 from moetrace import __version__
 from moetrace.cli import demo, importer, inspect, predict, record, run, simulate
+from moetrace.cli.options import RegistryCommand
 
 app = typer.Typer(
     name="moetrace",
@@ -21,8 +22,8 @@ app.command("inspect")(inspect.inspect_command)
 app.command("import")(importer.import_command)
 app.command("demo")(demo.demo_command)
 app.add_typer(predict.predict_app, name="predict")
-app.command("simulate")(simulate.simulate_command)
-app.command("run")(run.run_command)
+app.command("simulate", cls=RegistryCommand)(simulate.simulate_command)
+app.command("run", cls=RegistryCommand)(run.run_command)
 app.add_typer(demo.demo_model_app, name="demo-model")
 
 

@@ -1,13 +1,16 @@
-"""What every command shares: the console, error handling, option types."""
+"""What every command shares: the console, error handling, parsing of option values, JSON output.
+
+The shared options themselves are in `moetrace.cli.options`."""
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -47,20 +50,42 @@ def handle_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-TraceArg = Annotated[
-    Path, typer.Argument(help="A trace directory (made by `moetrace record` or `moetrace import`).", show_default=False)
-]
-OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output trace directory.")]
-Force = Annotated[bool, typer.Option("--force", help="Replace an existing trace at --out.")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
-Device = Annotated[str, typer.Option(help="cpu, cuda or auto (cuda when torch sees a GPU).")]
-Dtype = Annotated[
-    str, typer.Option(help="auto (float32 on CPU, the checkpoint's dtype on GPU), float32, bfloat16, float16, float64.")
-]
-Seed = Annotated[int, typer.Option(help="Random seed.")]
-TrustRemoteCode = Annotated[
-    bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run.")
-]
+_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """'lru, fifo,,lfu' -> ('lru', 'fifo', 'lfu')."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    """'1,2, 4' -> (1, 2, 4); one error line naming `option` for anything else."""
+    from moetrace.errors import InvalidArgumentError
+
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InvalidArgumentError(f"{option} takes comma-separated integers, got {text!r}") from None
+
+
+def parse_size(text: str, option: str, per_second: bool = False) -> float:
+    """'25GB/s', '8GiB', '17000000' -> a number of bytes (per second)."""
+    from moetrace.errors import InvalidArgumentError
+
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[-+]?\d+)?)\s*([kmgt]i?)?b?(/s)?\s*", text.lower())
+    if match is None or (match.group(3) and not per_second):
+        raise InvalidArgumentError(f"{option} takes a size such as {'25GB/s' if per_second else '8GiB'}, got {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2) or ""]
+
+
+def parse_seconds(text: str, option: str) -> float:
+    """'1.5ms', '20us', '0.002' -> seconds."""
+    from moetrace.errors import InvalidArgumentError
+
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[-+]?\d+)?)\s*(s|ms|us|µs)?\s*", text)
+    if match is None:
+        raise InvalidArgumentError(f"{option} takes a time such as 1.5ms, got {text!r}")
+    return float(match.group(1)) * {"s": 1, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, None: 1}[match.group(2)]
 
 
 def json_safe(value: Any) -> Any:

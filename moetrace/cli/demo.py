@@ -25,8 +25,8 @@ def demo_command(
     """Show what moetrace does on the built-in demo model: train (cached), record, inspect, plot. No download, no GPU."""
     from moetrace.cli.progress import RecordProgress
     from moetrace.cli.record import ensure_demo_model
+    from moetrace.cli.tables import stats_renderable
     from moetrace.demo import run_demo
-    from moetrace.report.tables import stats_renderable
 
     ensure_demo_model()
     with RecordProgress() as progress:
@@ -34,17 +34,17 @@ def demo_command(
     for name, stats in result.stats.items():
         console.rule(f"{name} trace")
         console.print(stats_renderable(stats, str(result.traces[name].path)))
-    from moetrace.report.tables import load_backtest_renderable, path_renderable
+    from moetrace.cli.tables import load_backtest_renderable, path_renderable
 
     console.rule("forecasting the training load")
     console.print(load_backtest_renderable(result.load_forecast, str(result.traces["train"].path)))
     console.rule("predicting routing paths")
     console.print(path_renderable(result.paths, str(result.traces["generate"].path)))
-    from moetrace.report.tables import simulate_renderable
+    from moetrace.cli.tables import simulate_renderable
 
     console.rule("simulating expert caches")
     console.print(simulate_renderable(result.simulation, str(result.traces["generate"].path)))
-    from moetrace.report.tables import run_renderable
+    from moetrace.cli.tables import run_renderable
 
     console.rule("running with experts offloaded")
     console.print(run_renderable(result.offload))

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from moetrace.cli.common import Force, OutDir, console, handle_errors
+from moetrace.cli.common import console, handle_errors
+from moetrace.cli.options import Force, OutDir
 
 
 @handle_errors

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from moetrace.cli.common import Json, TraceArg, console, handle_errors, print_json, print_written
+from moetrace.cli.common import console, handle_errors, print_json, print_written
+from moetrace.cli.options import Json, TraceArg
 
 
 @handle_errors
@@ -20,9 +21,12 @@ def inspect_command(
     hottest: Annotated[int, typer.Option(help="Busiest experts listed per layer.")] = 3,
 ) -> None:
     """Summarise a trace: load balance per layer, hottest experts, temporal locality, inter-layer predictability."""
+    from moetrace.errors import InvalidArgumentError
     from moetrace.trace.reader import open_trace
     from moetrace.trace.stats import trace_stats
 
+    if hottest < 0:
+        raise InvalidArgumentError(f"--hottest must be 0 or more, got {hottest}")
     opened = open_trace(trace)
     stats = trace_stats(opened, hottest=hottest)
     if plot is not None:
@@ -32,7 +36,7 @@ def inspect_command(
     if json_output:
         print_json(stats.to_dict())
         return
-    from moetrace.report.tables import stats_renderable
+    from moetrace.cli.tables import stats_renderable
 
     console.print(stats_renderable(stats, str(trace)))
     print_written((plot, "figure"))

@@ -1,4 +1,4 @@
-"""`moetrace predict load` (and, later, `predict path`)."""
+"""`moetrace predict load` and `moetrace predict path`."""
 
 from __future__ import annotations
 
@@ -7,18 +7,10 @@ from typing import Annotated
 
 import typer
 
-from moetrace.cli.common import Json, TraceArg, console, handle_errors, print_json, print_written
+from moetrace.cli.common import console, handle_errors, parse_ints, parse_names, print_json, print_written
+from moetrace.cli.options import Json, TraceArg
 
 predict_app = typer.Typer(help="Forecast expert load and routing paths from traces.", no_args_is_help=True)
-
-
-def _ints(text: str, option: str) -> tuple[int, ...]:
-    from moetrace.errors import InvalidArgumentError
-
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise InvalidArgumentError(f"{option} takes comma-separated integers, got {text!r}") from None
 
 
 @predict_app.command("load")
@@ -81,53 +73,26 @@ def load_command(
     json_output: Json = False,
 ) -> None:
     """Forecast each expert's share of its layer's load: backtest methods, or forecast past the end (--out)."""
-    from moetrace.errors import InvalidArgumentError
     from moetrace.predict.forecasters.arima import parse_order
-    from moetrace.predict.load import (
-        LoadConfig,
-        backtest_load,
-        backtest_table,
-        forecast_load,
-        forecast_table,
-        save_forecaster,
-    )
-    from moetrace.trace.reader import open_trace
+    from moetrace.predict.load import LoadConfig, forecast_load_file, predict_load
 
-    methods = tuple(m.strip() for m in method.split(",") if m.strip())
     config = LoadConfig(
-        methods=methods, horizons=_ints(horizon, "--horizon"), every=every, warmup=warmup, history=history,
-        window=window, order=parse_order(order), arima_history=arima_history, arima_refit=arima_refit, phase=phase, bucket=bucket, seed=seed,
+        methods=parse_names(method), horizons=parse_ints(horizon, "--horizon"), every=every, warmup=warmup,
+        history=history, window=window, order=parse_order(order), arima_history=arima_history, arima_refit=arima_refit,
+        phase=phase, bucket=bucket, seed=seed,
     )  # fmt: skip
-    for name in methods:
-        config.forecaster(name)  # unknown names fail here, before any work
-    if (save or load) and (len(methods) != 1 or methods[0] not in ("mlp", "lstm")):
-        raise InvalidArgumentError("--save and --load take exactly one --method, mlp or lstm")
-    opened = open_trace(trace)
-    train = open_trace(train_trace) if train_trace is not None else None
     if out is not None:
-        if len(methods) != 1 or len(config.horizons) != 1:
-            raise InvalidArgumentError("forecast mode (--out) takes one --method and one --horizon")
-        steps, shares, layers = forecast_load(
-            opened, methods[0], config.horizons[0], config, train_trace=train, load=load
-        )
-        import pyarrow.parquet as pq
-
-        pq.write_table(forecast_table(steps, shares, layers), out)
+        forecast = forecast_load_file(trace, config, out, train_trace=train_trace, load=load)
         console.print(
-            f"[green]forecast[/green] {len(steps):,} steps past step {steps[0] - 1} with {methods[0]} → [bold]{out}[/bold]"
+            f"[green]forecast[/green] {len(forecast.steps):,} steps past step {forecast.steps[0] - 1} with "
+            f"{forecast.method} → [bold]{forecast.path}[/bold]"
         )
         return
-
     from moetrace.cli.progress import StageProgress
 
     with StageProgress("backtesting") as progress:
-        result = backtest_load(opened, config, train_trace=train, load=load, progress=progress.update)
-    if save is not None:
-        save_forecaster(result.fitted[methods[0]], save, train or opened)
-    if save_forecast is not None:
-        import pyarrow.parquet as pq
-
-        pq.write_table(backtest_table(result), save_forecast)
+        result = predict_load(trace, config, train_trace=train_trace, load=load, save=save,
+                              save_forecasts=save_forecast, progress=progress.update)  # fmt: skip
     if plot is not None:
         from moetrace.report.plots import plot_load_backtest
 
@@ -135,7 +100,7 @@ def load_command(
     if json_output:
         print_json(result.to_dict())
         return
-    from moetrace.report.tables import load_backtest_renderable
+    from moetrace.cli.tables import load_backtest_renderable
 
     console.print(load_backtest_renderable(result, str(trace)))
     print_written((save, "model"), (save_forecast, "forecasts"), (plot, "figure"))
@@ -166,26 +131,12 @@ def path_command(
 ) -> None:
     """Predict which experts a token will use some layers ahead; report recall@k on unseen sequences."""
     from moetrace.cli.progress import StageProgress
-    from moetrace.errors import InvalidArgumentError
-    from moetrace.predict.path import PathConfig, evaluate_paths, save_path_predictor
-    from moetrace.predict.paths import make_path_predictor
-    from moetrace.trace.reader import open_trace
+    from moetrace.predict.path import PathConfig, predict_paths
 
-    methods = tuple(m.strip() for m in method.split(",") if m.strip())
-    config = PathConfig(methods=methods, lookaheads=_ints(lookahead, "--lookahead"), split=split, seed=seed)
-    for name in methods:
-        make_path_predictor(name)  # unknown names fail here, before any work
-    if (save or load) and len(methods) != 1:
-        raise InvalidArgumentError("--save and --load take exactly one --method")
-    opened = open_trace(trace)
-    test = open_trace(test_trace) if test_trace is not None else None
+    config = PathConfig(methods=parse_names(method), lookaheads=parse_ints(lookahead, "--lookahead"), split=split,
+                        seed=seed, mlp_train_steps=train_steps)  # fmt: skip
     with StageProgress("predicting paths") as progress:
-        result = evaluate_paths(
-            opened, config, test_trace=test, load=load, progress=progress.update,
-            predictor_options={"mlp": {"train_steps": train_steps, "seed": seed}},
-        )  # fmt: skip
-    if save is not None:
-        save_path_predictor(result.predictors[methods[0]], save, opened, config.lookaheads)
+        result = predict_paths(trace, config, test_trace=test_trace, load=load, save=save, progress=progress.update)
     if plot is not None:
         from moetrace.report.plots import plot_path_recall
 
@@ -193,7 +144,7 @@ def path_command(
     if json_output:
         print_json(result.to_dict())
         return
-    from moetrace.report.tables import path_renderable
+    from moetrace.cli.tables import path_renderable
 
     console.print(path_renderable(result, str(trace)))
     print_written((save, "predictor"), (plot, "figure"))

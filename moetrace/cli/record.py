@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from moetrace.cli.common import Device, Dtype, Force, Seed, TrustRemoteCode, console, handle_errors
+from moetrace.cli.common import console, handle_errors
+from moetrace.cli.options import Device, Dtype, Force, Model, OutDir, Prompts, Seed, TrustRemoteCode
 from moetrace.cli.progress import RecordProgress, TrainProgress
 
 TRAIN = "Training (--train)"
@@ -15,19 +16,9 @@ TRAIN = "Training (--train)"
 
 @handle_errors
 def record_command(
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output trace directory (must not exist or be empty).")
-    ] = Path("trace"),
-    model: Annotated[
-        str | None,
-        typer.Option(help="Hub id or local folder; the built-in demo model when omitted (built on first use)."),
-    ] = None,
-    prompts: Annotated[
-        Path | None,
-        typer.Option(
-            help=".txt (one prompt per line) or .jsonl (field prompt or text); built-in prompts when omitted."
-        ),
-    ] = None,
+    out: OutDir = Path("trace"),
+    model: Model = None,
+    prompts: Prompts = None,
     max_new_tokens: Annotated[
         int, typer.Option(help="Tokens generated per prompt, greedily; 0 records the prefill only.")
     ] = 32,

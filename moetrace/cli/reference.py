@@ -27,12 +27,16 @@ def cli_reference() -> str:
 
 
 def _command(name: str, command: Any) -> list[str]:
+    from moetrace.cli.options import fill_registry_help
+
+    fill_registry_help(command)
     arguments = [p for p in command.params if p.param_type_name == "argument"]
     usage = " ".join(["moetrace", name, *(p.name.upper() for p in arguments), "[OPTIONS]"])
     out = [f"## `moetrace {name}`", "", (command.help or "").strip(), "", f"```\n{usage}\n```", ""]
     out += ["| argument / option | default | meaning |", "| --- | --- | --- |"]
     for param in command.params:
-        help_text = (getattr(param, "help", None) or "").replace("|", "\\|")
+        paragraphs = (getattr(param, "help", None) or "").split("\n\n")
+        help_text = "<br>".join(" ".join(p.split()) for p in paragraphs).replace("|", "\\|")
         if param.param_type_name == "argument":
             out.append(f"| `{param.name.upper()}` | | {help_text} |")
             continue

@@ -7,42 +7,39 @@ from typing import Annotated
 
 import typer
 
-from moetrace.cli.common import (
+from moetrace.cli.common import console, handle_errors, parse_size, print_json
+from moetrace.cli.options import (
     Device,
     Dtype,
     Json,
+    LivePolicy,
+    Model,
+    Pool,
+    Predictor,
+    PrefetchBudget,
+    Prompts,
     Seed,
     TrustRemoteCode,
-    console,
-    handle_errors,
-    print_json,
 )
 
 
 @handle_errors
 def run_command(
-    model: Annotated[
-        str | None, typer.Option(help="Hub id or local folder; the built-in demo model when omitted.")
-    ] = None,
-    prompts: Annotated[Path | None, typer.Option(help=".txt or .jsonl prompts; built-in prompts when omitted.")] = None,
+    model: Model = None,
+    prompts: Prompts = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt, greedily.")] = 32,
     batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 1,
     offload: Annotated[
         bool, typer.Option("--offload", help="Keep routed experts in host memory behind a device cache.")
     ] = False,
-    policy: Annotated[
-        str,
-        typer.Option(help="Cache policy: lru, fifo or lfu, optionally +pregate, +markov or +mlp (with --predictor)."),
-    ] = "lru",
+    policy: LivePolicy = "lru",
     capacity: Annotated[int | None, typer.Option(help="Device slots per layer (or in all with --pool).")] = None,
     gpu_memory: Annotated[
         str | None, typer.Option(help="Instead of --capacity: device memory for experts, e.g. 20GiB.")
     ] = None,
-    pool: Annotated[bool, typer.Option("--pool", help="One pool of slots shared by all layers.")] = False,
-    predictor: Annotated[
-        Path | None, typer.Option(help="A path predictor saved by `moetrace predict path --save`.")
-    ] = None,
-    prefetch_budget: Annotated[int | None, typer.Option(help="Experts prefetched per layer at most.")] = None,
+    pool: Pool = False,
+    predictor: Predictor = None,
+    prefetch_budget: PrefetchBudget = None,
     compare: Annotated[
         bool,
         typer.Option(
@@ -62,22 +59,24 @@ def run_command(
     """Generate with a model, optionally with its experts offloaded: tokens/s, hit rate, bytes moved, memory."""
     from moetrace.cli.progress import RecordProgress
     from moetrace.cli.record import ensure_demo_model
-    from moetrace.cli.simulate import parse_size
     from moetrace.offload.run import RunConfig, run_model
+    from moetrace.trace.writer import check_output_dir
 
     config = RunConfig(
         max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, dtype=dtype, seed=seed, offload=offload,
         policy=policy, capacity=capacity, gpu_memory=parse_size(gpu_memory, "--gpu-memory") if gpu_memory else None,
         pool=pool, prefetch_budget=prefetch_budget, compare=compare,
     )  # fmt: skip
-    if model is None:
+    if record is not None:
+        check_output_dir(record, force)
+    if model is None:  # only once every option has been checked: building the demo model takes minutes
         ensure_demo_model()
     with RecordProgress("generating") as progress:
-        report = run_model(model, prompts, record=record, predictor=predictor, force=force, progress=progress.update,
-                           trust_remote_code=trust_remote_code, **{k: v for k, v in config.__dict__.items()})  # fmt: skip
+        report = run_model(model, prompts, config=config, record=record, predictor=predictor, force=force,
+                           progress=progress.update, trust_remote_code=trust_remote_code)  # fmt: skip
     if json_output:
         print_json(report.to_dict())
         return
-    from moetrace.report.tables import run_renderable
+    from moetrace.cli.tables import run_renderable
 
     console.print(run_renderable(report))

@@ -18,37 +18,54 @@ Progress = Callable[[int, int, int], None]
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How `run` generates; kept in its report."""
+    """How `run` generates; kept in its report (and in the trace's meta.json with `record`)."""
 
     max_new_tokens: int = 32
+    """Tokens generated per prompt, greedily."""
     batch_size: int = 1
+    """Prompts per batch, left-padded to the longest."""
     device: str = "auto"
+    """cpu, cuda (or cuda:N) or auto."""
     dtype: str = "auto"
+    """auto (float32 on the CPU, the checkpoint's dtype on a GPU), float32, bfloat16, float16 or float64."""
     seed: int = 0
+    """Seed for torch before each run."""
     offload: bool = False
+    """Keep routed experts in host memory behind a cache of device slots."""
     policy: str = "lru"
+    """The live cache's policy: an online policy, optionally + a prefetch source (pregate, markov, mlp)."""
     capacity: int | None = None
     """Device slots per layer (or in all with `pool`); from `gpu_memory` when None."""
     gpu_memory: float | None = None
     """Bytes of device memory for experts (instead of `capacity`)."""
     pool: bool = False
+    """One pool of slots shared by all layers."""
     prefetch_budget: int | None = None
+    """Experts prefetched per layer at most; None: top-k."""
     compare: bool = False
     """Also run the model with every expert on the device, and check the outputs agree."""
 
     def __post_init__(self) -> None:
+        from moetrace.models.loading import resolve_device, resolve_dtype
+
         if self.max_new_tokens < 1:
             raise InvalidArgumentError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise InvalidArgumentError(f"--batch-size must be at least 1, got {self.batch_size}")
+        resolve_device(self.device)  # a bad --device or --dtype is refused before any model is loaded or built
+        resolve_dtype(self.dtype, torch.device("cpu"))
         if self.offload and self.capacity is None and self.gpu_memory is None:
             raise InvalidArgumentError("--offload needs --capacity or --gpu-memory")
+        if self.capacity is not None and self.capacity < 1:
+            raise InvalidArgumentError(f"--capacity must be at least 1, got {self.capacity}")
         if self.gpu_memory is not None and self.gpu_memory <= 0:
             raise InvalidArgumentError("--gpu-memory must be positive")
+        if self.prefetch_budget is not None and self.prefetch_budget < 0:
+            raise InvalidArgumentError(f"--prefetch-budget must be 0 or more, got {self.prefetch_budget}")
         if self.offload:  # an unknown policy is refused before any model is loaded
             from moetrace.offload.runtime import OffloadConfig
 
-            OffloadConfig(policy=self.policy).parts()
+            OffloadConfig(policy=self.policy, capacity=self.capacity or 8)
 
 
 @dataclass
@@ -145,6 +162,7 @@ def run_model(
     model: str | None = None,
     prompts: str | Path | Sequence[str] | Sequence[Sequence[int]] | None = None,
     *,
+    config: RunConfig | None = None,
     record: str | Path | None = None,
     predictor: str | Path | None = None,
     force: bool = False,
@@ -153,13 +171,16 @@ def run_model(
     **options: Any,
 ) -> RunReport:
     """Generate greedily from `prompts`; with `offload`, routed experts live in host memory behind a
-    device cache of `capacity` slots driven by `policy`. Returns what was generated and what it cost."""
+    device cache of `capacity` slots driven by `policy`. Returns what was generated and what it cost.
+    `config` is a `RunConfig`; or give its fields as keyword `options`."""
     from moetrace.models.loading import load_model, resolve_device
     from moetrace.models.prompts import load_prompts
     from moetrace.trace.record import _eos_ids, _pad_id, _tokenize
     from moetrace.trace.writer import check_output_dir
 
-    config = RunConfig(**options)
+    if config is not None and options:
+        raise TypeError(f"give a RunConfig or its fields, not both: {', '.join(options)}")
+    config = config if config is not None else RunConfig(**options)
     if record is not None:
         check_output_dir(Path(record), force)
     prompt_list: list[Any] = list(prompts) if isinstance(prompts, (list, tuple)) else load_prompts(prompts)  # type: ignore[arg-type]

@@ -36,11 +36,21 @@ class OffloadConfig:
     """What runs where; saved in the run's report."""
 
     policy: str = "lru"
-    """lru, fifo or lfu, optionally + a prefetch source: pregate, or markov/mlp with `predictor`."""
+    """An online policy (lru, fifo, lfu, ...), optionally + a prefetch source: pregate, or markov/mlp with a
+    saved predictor."""
     capacity: int = 8
     """Device slots per layer, or in all with `pool`."""
     pool: bool = False
+    """One pool of slots shared by all layers."""
     prefetch_budget: int | None = None
+    """Experts prefetched per layer at most; None: top-k."""
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1:
+            raise InvalidArgumentError(f"--capacity must be at least 1, got {self.capacity}")
+        if self.prefetch_budget is not None and self.prefetch_budget < 0:
+            raise InvalidArgumentError(f"--prefetch-budget must be 0 or more, got {self.prefetch_budget}")
+        self.parts()  # a policy a live cache cannot run is refused here
 
     def parts(self) -> tuple[str, str | None]:
         base, _, source = self.policy.partition("+")

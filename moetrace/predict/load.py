@@ -28,7 +28,9 @@ class LoadConfig:
     """How load is forecast and backtested; saved beside the results."""
 
     methods: tuple[str, ...] = DEFAULT_METHODS
+    """Forecasting methods to compare: last, mean, window, arima, mlp, lstm."""
     horizons: tuple[int, ...] = (100,)
+    """Steps ahead to forecast; each is backtested separately."""
     every: int | None = None
     """Steps between origins; by default about 10 origins for the shortest horizon."""
     warmup: int | None = None
@@ -38,6 +40,7 @@ class LoadConfig:
     window: int = 100
     """The `window` method's width, and the level the learned methods start from."""
     order: tuple[int, int, int] = (5, 1, 5)
+    """ARIMA order (p, d, q)."""
     arima_history: int | None = 1000
     """ARIMA fits each series on at most this many steps before an origin."""
     arima_refit: bool = False
@@ -47,15 +50,29 @@ class LoadConfig:
     bucket: int | None = None
     """Group consecutive steps until this many tokens were routed (for generation traces)."""
     seed: int = 0
+    """Seed for the learned methods."""
 
     def __post_init__(self) -> None:
+        from moetrace.predict.forecasters import method_names
+        from moetrace.predict.forecasters.arima import parse_order
+        from moetrace.trace.schema import PHASES
+
         if not self.methods:
             raise InvalidArgumentError("give at least one --method")
+        unknown = [m for m in self.methods if m not in method_names()]
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown load forecasting method {unknown[0]!r}; choose from {', '.join(method_names())}"
+            )
         if not self.horizons or min(self.horizons) < 1:
             raise InvalidArgumentError(f"--horizon must be at least 1, got {list(self.horizons)}")
-        for name, value in (("--every", self.every), ("--warmup", self.warmup), ("--history", self.history)):
+        for name, value in (("--every", self.every), ("--warmup", self.warmup), ("--history", self.history),
+                            ("--window", self.window), ("--arima-history", self.arima_history), ("--bucket", self.bucket)):  # fmt: skip
             if value is not None and value < 1:
                 raise InvalidArgumentError(f"{name} must be at least 1, got {value}")
+        if self.phase is not None and self.phase not in PHASES:
+            raise InvalidArgumentError(f"--phase must be one of {', '.join(PHASES)}, got {self.phase!r}")
+        parse_order(self.order)
 
     def forecaster(self, method: str) -> LoadForecaster:
         options: dict[str, Any] = {"window": self.window}
@@ -296,3 +313,83 @@ def backtest_table(result: LoadBacktest) -> Any:
     if not parts:
         raise MoetraceError("the backtest made no forecasts")
     return pa.concat_tables(parts)
+
+
+def predict_load(
+    trace: Trace | str | Path,
+    config: LoadConfig,
+    *,
+    train_trace: Trace | str | Path | None = None,
+    load: str | Path | None = None,
+    save: str | Path | None = None,
+    save_forecasts: str | Path | None = None,
+    progress: Progress | None = None,
+) -> LoadBacktest:
+    """What `moetrace predict load` does: backtest `config`'s methods on `trace`; with `save`, keep the
+    fitted mlp or lstm model (one method); with `save_forecasts`, write every backtest forecast beside
+    the actual shares to a Parquet file (the configuration in its metadata)."""
+    _check_saved_model_options(config, save, load)
+    if load is None:
+        for method in config.methods:  # a bad method option is refused before the trace is read
+            config.forecaster(method)
+    opened, train = _open(trace), _open(train_trace) if train_trace is not None else None
+    result = backtest_load(opened, config, train_trace=train, load=load, progress=progress)
+    if save is not None:
+        save_forecaster(result.fitted[config.methods[0]], save, train or opened)
+    if save_forecasts is not None:
+        write_parquet(backtest_table(result), save_forecasts, config)
+    return result
+
+
+@dataclass
+class LoadForecast:
+    """What `moetrace predict load --out` wrote."""
+
+    path: Path
+    method: str
+    steps: np.ndarray
+    layers: tuple[int, ...]
+
+
+def forecast_load_file(
+    trace: Trace | str | Path,
+    config: LoadConfig,
+    out: str | Path,
+    *,
+    train_trace: Trace | str | Path | None = None,
+    load: str | Path | None = None,
+) -> LoadForecast:
+    """Forecast `config`'s one horizon past the end of `trace` with its one method, into the Parquet
+    file `out` (step, layer, expert, share; the configuration in its metadata)."""
+    if len(config.methods) != 1 or len(config.horizons) != 1:
+        raise InvalidArgumentError("forecast mode (--out) takes one --method and one --horizon")
+    _check_saved_model_options(config, None, load)
+    opened = _open(trace)
+    train = _open(train_trace) if train_trace is not None else None
+    method = config.methods[0]
+    steps, shares, layers = forecast_load(opened, method, config.horizons[0], config, train_trace=train, load=load)
+    write_parquet(forecast_table(steps, shares, layers), out, config)
+    return LoadForecast(path=Path(out), method=method, steps=steps, layers=layers)
+
+
+def _check_saved_model_options(config: LoadConfig, save: str | Path | None, load: str | Path | None) -> None:
+    if (save or load) and (len(config.methods) != 1 or config.methods[0] not in ("mlp", "lstm")):
+        raise InvalidArgumentError("--save and --load take exactly one --method, mlp or lstm")
+
+
+def _open(trace: Trace | str | Path) -> Trace:
+    from moetrace.trace.reader import open_trace
+
+    return trace if isinstance(trace, Trace) else open_trace(trace)
+
+
+def write_parquet(table: Any, path: str | Path, config: Any) -> None:
+    """Write `table` to `path` with the resolved configuration that produced it in the file's metadata
+    (key `moetrace.config`, JSON)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+    metadata = {**(table.schema.metadata or {}), b"moetrace.config": json.dumps(settings).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)

@@ -26,16 +26,32 @@ class PathConfig:
     """How path predictors are trained and evaluated; saved with them."""
 
     methods: tuple[str, ...] = DEFAULT_METHODS
+    """Path predictors to compare: popularity, markov, mlp, pregate."""
     lookaheads: tuple[int, ...] = (1,)
+    """Layers ahead to predict (d in layer l → l + d)."""
     split: float = 0.8
     """Share of sequences to train on when no test trace is given (split by sequence)."""
     seed: int = 0
+    """Seed for the split and the mlp."""
+    mlp_train_steps: int | None = None
+    """Optimizer steps for the mlp predictor; its own default when None."""
 
     def __post_init__(self) -> None:
+        from moetrace.predict.paths import path_method_names
+
         if not self.methods:
             raise InvalidArgumentError("give at least one --method")
+        unknown = [m for m in self.methods if m not in path_method_names()]
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown path prediction method {unknown[0]!r}; choose from {', '.join(path_method_names())}"
+            )
         if not self.lookaheads or min(self.lookaheads) < 1:
             raise InvalidArgumentError(f"--lookahead must be at least 1, got {list(self.lookaheads)}")
+        if not 0 < self.split < 1:
+            raise InvalidArgumentError(f"--split must be between 0 and 1, got {self.split}")
+        if self.mlp_train_steps is not None and self.mlp_train_steps < 1:
+            raise InvalidArgumentError(f"--train-steps must be at least 1, got {self.mlp_train_steps}")
 
 
 @dataclass
@@ -81,6 +97,9 @@ def evaluate_paths(
     Without `test_trace` the trace's sequences are split (`config.split` to train); with `load`, a
     saved predictor is evaluated instead of fitting one.
     """
+    if config.mlp_train_steps is not None:
+        mlp = {"train_steps": config.mlp_train_steps, "seed": config.seed, **(predictor_options or {}).get("mlp", {})}
+        predictor_options = {**(predictor_options or {}), "mlp": mlp}
     loaded = load_path_predictor(load, trace) if load is not None else None
     vocabulary = loaded.vocabulary if loaded is not None else None
     data = path_data(trace, vocabulary)
@@ -131,6 +150,29 @@ def evaluate_paths(
             )
     if progress is not None:
         progress(units, units, "done")
+    return result
+
+
+def predict_paths(
+    trace: Trace | str | Path,
+    config: PathConfig,
+    *,
+    test_trace: Trace | str | Path | None = None,
+    load: str | Path | None = None,
+    save: str | Path | None = None,
+    progress: Progress | None = None,
+) -> PathEvaluation:
+    """What `moetrace predict path` does: evaluate `config`'s methods on `trace` (or a predictor saved
+    at `load`); with `save`, keep the fitted predictor (one method) for `simulate` and `run --offload`."""
+    from moetrace.trace.reader import open_trace
+
+    if (save or load) and len(config.methods) != 1:
+        raise InvalidArgumentError("--save and --load take exactly one --method")
+    opened = trace if isinstance(trace, Trace) else open_trace(trace)
+    test = test_trace if test_trace is None or isinstance(test_trace, Trace) else open_trace(test_trace)
+    result = evaluate_paths(opened, config, test_trace=test, load=load, progress=progress)
+    if save is not None:
+        save_path_predictor(result.predictors[config.methods[0]], save, opened, config.lookaheads)
     return result
 
 

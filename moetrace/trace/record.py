@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,8 @@ from moetrace.trace.writer import DEFAULT_FLUSH_ROWS, check_output_dir
 
 #: progress(sequences_done, sequences_total, tokens_routed_in_this_forward)
 Progress = Callable[[int, int, int], None]
+LISTED = "list"
+"""`RecordConfig.prompts` of prompts given as a list."""
 
 
 @dataclass(frozen=True)
@@ -22,17 +24,17 @@ class RecordConfig:
     """Everything that decides what `record` produces; stored in the trace's meta.json."""
 
     model: str | None = None
-    """Hub id or local folder; None for the built-in model."""
+    """Hub id or local folder; None for the built-in model (the name of a model given loaded)."""
     prompts: str | None = None
-    """A .txt or .jsonl file; None for the built-in prompt set."""
+    """A .txt or .jsonl file; None or `built-in` for the built-in prompt set (`list` for prompts given as a list)."""
     max_new_tokens: int = 32
     """Tokens generated per prompt (greedy); 0 records the prefill only."""
     batch_size: int = 8
     """Prompts per batch, left-padded to the longest."""
     device: str = "auto"
-    """cpu, cuda or auto."""
+    """cpu, cuda (or cuda:N) or auto (cuda when torch sees a GPU)."""
     dtype: str = "auto"
-    """auto, float32, bfloat16, float16 or float64."""
+    """auto (float32 on the CPU, the checkpoint's dtype on a GPU), float32, bfloat16, float16 or float64."""
     seed: int = 0
     """Seed for torch before the run."""
     trust_remote_code: bool = False
@@ -43,12 +45,19 @@ class RecordConfig:
     """Also store, per token and MoE layer, the next MoE layer's router applied to this layer's output."""
 
     def __post_init__(self) -> None:
+        from moetrace.models.loading import resolve_device, resolve_dtype
+        from moetrace.models.prompts import BUILTIN
+
         if self.max_new_tokens < 0:
             raise InvalidArgumentError(f"--max-new-tokens must be 0 or more, got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise InvalidArgumentError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.flush_rows < 1:
             raise InvalidArgumentError(f"flush_rows must be at least 1, got {self.flush_rows}")
+        resolve_dtype(self.dtype, resolve_device(self.device))  # refused before any model is loaded or built
+        if self.prompts not in (None, BUILTIN, LISTED) and not Path(self.prompts).is_file():
+            path = Path(self.prompts)
+            raise PromptsError(f"prompts file {path} does not exist" if not path.exists() else f"{path} is not a file")
 
 
 def record(
@@ -56,6 +65,7 @@ def record(
     prompts: str | Path | Sequence[str] | Sequence[Sequence[int]] | None = None,
     out: str | Path = "trace",
     *,
+    config: RecordConfig | None = None,
     tokenizer: Any = None,
     name: str | None = None,
     force: bool = False,
@@ -67,20 +77,28 @@ def record(
     `model` is a hub id, a local folder, None (the built-in model) or an already loaded
     `transformers` model (then pass its `tokenizer`, unless the prompts are token ids).
     `prompts` is a file path, a list of strings, a list of token-id lists, or None for the built-in
-    set. `name` names a loaded model in meta.json. Other options are the fields of `RecordConfig`.
-    Returns the finished trace.
+    set. `name` names a loaded model in meta.json. `config` (a `RecordConfig`) says how, and which
+    model and prompts when `model` and `prompts` are None; or give its fields as keyword `options`.
+    The resolved configuration is stored in the trace's meta.json. Returns the finished trace.
     """
     from moetrace.models.loading import LoadedModel, load_model
-    from moetrace.models.prompts import load_prompts
+    from moetrace.models.prompts import BUILTIN, load_prompts
     from moetrace.trace.recorder import tracing
 
+    if config is not None and options:
+        raise TypeError(f"give a RecordConfig or its fields, not both: {', '.join(options)}")
+    if config is not None:
+        model = config.model if model is None else model
+        prompts = config.prompts if prompts is None else prompts
     prompt_list: list[Any] = list(prompts) if isinstance(prompts, (list, tuple)) else load_prompts(prompts)  # type: ignore[arg-type]
     if not prompt_list:
         raise PromptsError("no prompts given")
-    source = "list" if isinstance(prompts, (list, tuple)) else str(prompts or "built-in")
+    source = LISTED if isinstance(prompts, (list, tuple)) else str(prompts or BUILTIN)
     given = model if isinstance(model, torch.nn.Module) else None
     name = (name or _model_name(given)) if given is not None else model
-    config = RecordConfig(model=name, prompts=source, **options)
+    config = (
+        replace(config, model=name, prompts=source) if config else RecordConfig(model=name, prompts=source, **options)
+    )
     out = Path(out)
     check_output_dir(out, force)  # refuse early, before minutes of model loading; created once the model runs
     if given is not None:

@@ -4,6 +4,9 @@ Rows are buffered in numpy arrays and flushed to a new Parquet part every `flush
 memory does not grow with the run. Each part is written under a temporary name and renamed when
 complete; `meta.json` says `complete: false` until `close()`. A process killed at any moment leaves
 a trace whose complete parts all read back.
+
+Replacing an existing trace (`force`) writes the new one into a hidden sibling directory and swaps
+it in only when it is complete: until then, and after a killed or failed run, the old trace stays.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +41,34 @@ def check_output_dir(out_dir: Path, force: bool) -> None:
             raise OutputExistsError(f"{out_dir} is not empty and is not a moetrace trace; refusing to replace it")
 
 
-def prepare_output_dir(out_dir: Path, force: bool) -> None:
-    """Create `out_dir`, replacing an existing trace there only when `force` is set."""
+def staging_dir(out_dir: Path) -> Path:
+    """Where a trace that will replace `out_dir` is written until it is complete."""
+    return out_dir.with_name(f".{out_dir.name}.moetrace-partial")
+
+
+def prepare_output_dir(out_dir: Path, force: bool) -> Path:
+    """Create the directory to write a trace for `out_dir` into, and return it: `out_dir` itself, or,
+    when `force` replaces an existing trace there, its staging sibling (the old trace stays until
+    `replace_trace`)."""
     check_output_dir(out_dir, force)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not (out_dir.is_dir() and any(out_dir.iterdir())):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return out_dir
+    staging = staging_dir(out_dir)
+    if staging.exists():  # left by a run that was killed before it completed
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return staging
+
+
+def replace_trace(staging: Path, out_dir: Path) -> None:
+    """Swap the complete trace in `staging` in for the one at `out_dir`."""
+    old = out_dir.with_name(f".{out_dir.name}.moetrace-old")
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class _PartBuffer:
@@ -119,13 +145,14 @@ class TraceWriter:
         self.out_dir = Path(out_dir)
         self.meta = meta
         self.flush_rows = flush_rows
-        prepare_output_dir(self.out_dir, force)
-        (self.out_dir / ROUTES_DIR).mkdir()
-        (self.out_dir / LOAD_DIR).mkdir()
-        write_meta(self.out_dir, meta)
+        self.write_dir = prepare_output_dir(self.out_dir, force)
+        """`out_dir`, or the staging directory while the trace replaces one already there."""
+        (self.write_dir / ROUTES_DIR).mkdir()
+        (self.write_dir / LOAD_DIR).mkdir()
+        write_meta(self.write_dir, meta)
         schema = routes_schema(meta.model.top_k, weights_type, extra_columns)
-        self._routes = _PartBuffer(self.out_dir / ROUTES_DIR, schema)
-        self._load = _PartBuffer(self.out_dir / LOAD_DIR, LOAD_SCHEMA)
+        self._routes = _PartBuffer(self.write_dir / ROUTES_DIR, schema)
+        self._load = _PartBuffer(self.write_dir / LOAD_DIR, LOAD_SCHEMA)
         self.rows_written = 0
         self.closed = False
 
@@ -198,7 +225,15 @@ class TraceWriter:
                 self.flush()
         if complete:
             self.meta = self.meta.finished(**run_updates)
-            write_meta(self.out_dir, self.meta)
+            write_meta(self.write_dir, self.meta)
+            if self.write_dir != self.out_dir:
+                replace_trace(self.write_dir, self.out_dir)
+        elif self.write_dir != self.out_dir:
+            warnings.warn(
+                f"the run did not complete: the trace at {self.out_dir} is kept; the incomplete new one is in "
+                f"{self.write_dir}",
+                stacklevel=2,
+            )
 
     def __enter__(self) -> TraceWriter:
         return self

@@ -1,9 +1,14 @@
-"""Rich renderings of library results."""
+"""Rich renderings of library results: what the commands print.
+
+Tables are drawn to stay legible at 80 columns when piped: light rules instead of boxes, short
+headers, and numbers that never wrap.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -19,6 +24,22 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def _pct(value: float | None) -> str:
     return "–" if value is None or value != value else f"{100 * value:.1f}%"
+
+
+def _table(title: str, columns: list[tuple[str, str]]) -> Table:
+    """A table with light rules; every column but the last is kept on one line."""
+    table = Table(
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        padding=(0, 0, 0, 1),
+    )
+    for i, (name, justify) in enumerate(columns):
+        table.add_column(name, justify=justify, no_wrap=i < len(columns) - 1 or justify == "right")  # type: ignore[arg-type]
+    return table
 
 
 def stats_renderable(stats: TraceStats, path: str) -> Any:
@@ -55,21 +76,13 @@ def stats_renderable(stats: TraceStats, path: str) -> Any:
             f"{stats.load_variance_start:.2e}, last fifth {stats.load_variance_end:.2e} ({settled:.2f}×)",
         )
 
-    table = Table(title="per layer", title_justify="left", header_style="bold")
-    for name, justify in [
-        ("layer", "right"),
-        ("routings", "right"),
-        ("max/mean", "right"),
-        ("cv", "right"),
-        ("entropy", "right"),
-        ("top 10%", "right"),
-        ("hottest experts (share)", "left"),
-        ("locality", "right"),
-        ("→ next layer", "right"),
-    ]:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table = _table(
+        "per layer",
+        [("layer", "right"), ("routings", "right"), ("max/mean", "right"), ("cv", "right"), ("entropy", "right"),
+         ("top 10%", "right"), ("locality", "right"), ("→ next", "right")],
+    )  # fmt: skip
+    hot = _table("hottest experts (share of routings)", [("layer", "right"), ("experts", "left")])
     for layer in stats.layers:
-        hottest = ", ".join(f"{e} ({100 * s:.1f}%)" for e, s in layer.hottest)
         table.add_row(
             str(layer.layer),
             f"{layer.routings:,}",
@@ -77,17 +90,20 @@ def stats_renderable(stats: TraceStats, path: str) -> Any:
             _fmt(layer.cv, 2),
             _fmt(layer.entropy, 3),
             _pct(layer.top10_share),
-            hottest,
             _pct(layer.temporal_locality),
             _pct(layer.next_layer_recall),
         )
+        hot.add_row(str(layer.layer), "  ".join(f"{e}: {100 * s:.1f}%" for e, s in layer.hottest))
     note = Text(
         "max/mean: load imbalance; entropy: normalised (1 = uniform); top 10%: share of routings to the busiest "
-        "tenth of experts; locality: share of a token's experts the next token reuses; → next layer: in-sample "
+        "tenth of experts; locality: share of a token's experts the next token reuses; → next: in-sample "
         "recall of the next layer's experts from this layer's (co-occurrence table).",
         style="dim",
     )
-    return Group(head, Text(""), table, note)
+    parts: list[Any] = [head, Text(""), table, Text(""), note]
+    if any(layer.hottest for layer in stats.layers):
+        parts += [Text(""), hot]
+    return Group(*parts)
 
 
 def load_backtest_renderable(result: Any, path: str) -> Any:
@@ -111,10 +127,10 @@ def load_backtest_renderable(result: Any, path: str) -> Any:
         rows = [r for r in result.results if r["phase"] == phase]
         if not rows or (phase == "all" and len(phases_present) < 2):
             continue
-        table = Table(title=f"{phase} phase: mae (percentage points) / tvd", title_justify="left", header_style="bold")
-        table.add_column("method")
-        for h in horizons:
-            table.add_column(f"H={h:,}", justify="right")
+        table = _table(
+            f"{phase} phase: mae (percentage points) / tvd",
+            [("method", "left")] + [(f"H={h:,}", "right") for h in horizons],
+        )
         best = {h: min((r["mae_pp"] for r in rows if r["horizon"] == h), default=None) for h in horizons}
         for method in dict.fromkeys(r["method"] for r in rows):
             cells = []
@@ -147,10 +163,10 @@ def path_renderable(result: Any, path: str) -> Any:
         f"of {len(np.unique(test.seq_id)):,} unseen sequences",
     )
     lookaheads = sorted({r["lookahead"] for r in result.results})
-    table = Table(title=f"recall@{test.top_k} (µs per prediction)", title_justify="left", header_style="bold")
-    table.add_column("method")
-    for d in lookaheads:
-        table.add_column(f"{d} layer{'s' if d > 1 else ''} ahead", justify="right")
+    table = _table(
+        f"recall@{test.top_k} (µs per prediction)",
+        [("method", "left")] + [(f"{d} layer{'s' if d > 1 else ''} ahead", "right") for d in lookaheads],
+    )
     best = {d: max((r["recall"] for r in result.results if r["lookahead"] == d), default=None) for d in lookaheads}
     for method in dict.fromkeys(r["method"] for r in result.results):
         cells = []
@@ -165,6 +181,7 @@ def path_renderable(result: Any, path: str) -> Any:
     parts: list[Any] = [head, Text(""), table]
     for note in dict.fromkeys(result.notes):
         parts.append(Text(f"note: {note}", style="yellow"))
+    parts.append(Text(""))
     parts.append(
         Text(
             "recall@k: the share of a token's k experts at the target layer that the k predicted experts hold, "
@@ -210,41 +227,51 @@ def simulate_renderable(result: Any, path: str) -> Any:
     if rows:
         head.add_row("baselines", f"all experts on the GPU {_time(rows[0]['all_in_gpu_time_per_token_s'])} per token; "
                      f"no cache {_time(rows[0]['no_cache_time_per_token_s'])} per token")  # fmt: skip
-    table = Table(
-        title="per policy and capacity" + (" (one pool)" if config.pool else " (per layer)"),
-        title_justify="left",
-        header_style="bold",
-    )
-    for name, justify in [("policy", "left"), ("capacity", "right"), ("hit rate", "right"), ("misses", "right"),
-                          ("loads", "right"), ("bytes", "right"), ("stall", "right"), ("time/token", "right"),
-                          ("prefetch acc.", "right"), ("wasted", "right")]:  # fmt: skip
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    best = {c: max(r["hit_rate"] for r in rows if r["capacity"] == c) for c in {r["capacity"] for r in rows}}
+    table = _table(
+        "per policy and capacity" + (" (one pool)" if config.pool else " (per layer)"),
+        [("policy", "left"), ("capacity", "right"), ("hit rate", "right"), ("misses", "right"), ("loads", "right"),
+         ("moved", "right"), ("stall", "right"), ("per token", "right")],
+    )  # fmt: skip
+    deployable = [r for r in rows if not r.get("bound")]
+    fastest = {
+        c: min(r["time_per_token_s"] for r in deployable if r["capacity"] == c)
+        for c in {r["capacity"] for r in deployable}
+    }
     for r in rows:
-        rate = f"{100 * r['hit_rate']:.2f}%"
+        per_token = _time(r["time_per_token_s"])
+        if not r.get("bound") and r["time_per_token_s"] == fastest[r["capacity"]]:
+            per_token = f"[bold green]{per_token}[/bold green]"
         table.add_row(
-            r["policy"], str(r["capacity"]), f"[bold green]{rate}[/bold green]" if r["hit_rate"] == best[r["capacity"]] else rate,
-            f"{r['misses']:,}", f"{r['loads']:,}", _bytes(r["bytes"]), _time(r["stall_s"]), _time(r["time_per_token_s"]),
-            f"{100 * r['prefetch_accuracy']:.1f}%" if "prefetch_accuracy" in r else "–",
-            f"{r['wasted_loads']:,}" if "wasted_loads" in r else "–",
+            r["policy"] + (" *" if r.get("bound") else ""), str(r["capacity"]), f"{100 * r['hit_rate']:.2f}%",
+            f"{r['misses']:,}", f"{r['loads']:,}", _bytes(r["bytes"]), _time(r["stall_s"]), per_token,
         )  # fmt: skip
     parts: list[Any] = [head, Text(""), table]
+    if len(deployable) < len(rows):
+        parts.append(Text("* a bound: it knows the future; green: the fastest policy that can be deployed"))
+    prefetching = [r for r in rows if "prefetch_accuracy" in r]
+    if prefetching:
+        ahead = _table("prefetching", [("policy", "left"), ("capacity", "right"), ("accuracy", "right"),
+                                       ("wasted loads", "right")])  # fmt: skip
+        for r in prefetching:
+            ahead.add_row(r["policy"], str(r["capacity"]), f"{100 * r['prefetch_accuracy']:.1f}%",
+                          f"{r['wasted_loads']:,}" if "wasted_loads" in r else "–")  # fmt: skip
+        parts += [Text(""), ahead]
     if result.scheduling:
-        sched = Table(
-            title=f"token scheduling, batches of {config.batch_size} tokens per round",
-            title_justify="left",
-            header_style="bold",
-        )
-        for name in ("schedule", "policy", "capacity", "experts per forward·layer", "hit rate", "loads"):
-            sched.add_column(name, justify="left" if name in ("schedule", "policy") else "right")
+        sched = _table(
+            f"token scheduling, batches of {config.batch_size} tokens per round",
+            [("schedule", "left"), ("policy", "left"), ("capacity", "right"), ("experts/forward", "right"),
+             ("hit rate", "right"), ("loads", "right")],
+        )  # fmt: skip
         for r in result.scheduling:
             sched.add_row(r["schedule"], r["policy"], str(r["capacity"]), f"{r['experts_per_forward_layer']:.2f}",
                           f"{100 * r['hit_rate']:.2f}%", f"{r['loads']:,}")  # fmt: skip
         parts += [Text(""), sched]
     for note in result.notes:
         parts.append(Text(f"note: {note}", style="yellow"))
+    parts.append(Text(""))
     parts.append(Text("hit: the expert was resident when its layer started; loads count demand misses and prefetches; "
-                      "stall: time layers waited for transfers.", style="dim"))  # fmt: skip
+                      "moved: bytes copied to the device; stall: time layers waited for transfers; per token: "
+                      "modelled time per token; experts/forward: distinct experts per forward and layer.", style="dim"))  # fmt: skip
     return Group(*parts)
 
 
