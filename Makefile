@@ -31,6 +31,7 @@ lint: install
 	$(BIN)/ruff check moetrace tests bench
 	$(BIN)/ruff format --check moetrace tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format moetrace tests bench

@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command, write_section  # noqa: E402
 
 import moetrace  # noqa: E402
-from moetrace.models.builtin import builtin_model  # noqa: E402
 from moetrace.models.demo_model import BUILD_FILE, TRAIN_TRACE, DemoSpec, demo_model_dir, random_weight_model  # noqa: E402
+from moetrace.models.loading import load_demo_model  # noqa: E402
 from moetrace.trace.stats import _overlap  # noqa: E402
-from moetrace.trace.train import TrainConfig, tokenize_text, train_and_record  # noqa: E402
+from moetrace.train.data import demo_corpus, tokenize_text  # noqa: E402
+from moetrace.train.loop import TrainConfig, train_and_record  # noqa: E402
 
 
 def prompt_locality(trace) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     spec = DemoSpec()
-    loaded = builtin_model()
+    loaded = load_demo_model()
     build = json.loads((demo_model_dir() / BUILD_FILE).read_text())
     rows = [
         "| model | temporal locality | locality, prompt tokens | chance k·Σp² | inter-layer predictability | popularity | repeated tokens in decode |",
@@ -98,8 +99,6 @@ def main() -> None:
             "| aux-loss coefficient | final loss | max/mean load per layer, last 50 steps |",
             "| --- | --- | --- |",
         ]
-        from moetrace.models.demo_model import demo_corpus
-
         tokens = tokenize_text(
             loaded.tokenizer, "\n\n".join(demo_corpus(spec.corpus_chars)), loaded.tokenizer.eos_token_id
         )

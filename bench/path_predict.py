@@ -62,9 +62,9 @@ def main() -> None:
                 f"{result.test.tokens:,} tokens of {len(set(result.test.seq_id.tolist()))} unseen prompts "
                 f"(trained on {result.train.tokens:,} tokens; {seconds:.0f} s in all):\n\n{table(result)}\n"
             )
-        from moetrace.models.builtin import builtin_model
+        from moetrace.models.loading import load_demo_model
 
-        loaded = builtin_model()
+        loaded = load_demo_model()
         demo = moetrace.record(loaded.model, None, Path(tmp) / "demo", tokenizer=loaded.tokenizer, name=loaded.name,
                                max_new_tokens=24, pregate=True)  # fmt: skip
         result = evaluate_paths(demo, PathConfig(methods=("popularity", "markov", "mlp", "pregate"), lookaheads=(1, 2, 3)),

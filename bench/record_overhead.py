@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command, write_section  # noqa: E402
 
 import moetrace  # noqa: E402
-from moetrace.models.builtin import builtin_model, stand_in_model  # noqa: E402
+from moetrace.models.builtin import stand_in_model  # noqa: E402
+from moetrace.models.generation import generate, left_pad  # noqa: E402
+from moetrace.models.loading import load_demo_model  # noqa: E402
 from moetrace.models.prompts import builtin_prompts  # noqa: E402
-from moetrace.trace.record import generate, left_pad  # noqa: E402
 
 
 def measure(loaded, args) -> tuple[float, float, int]:  # type: ignore[no-untyped-def]
@@ -75,7 +76,7 @@ def main() -> None:
         "| model | prompts | new tokens | untraced (median s) | traced (median s) | traced ÷ untraced |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for loaded in (stand_in_model(), builtin_model()):
+    for loaded in (stand_in_model(), load_demo_model()):
         plain, hooked, prompts = measure(loaded, args)
         rows.append(
             f"| {loaded.name} | {prompts} built-in, batch {args.batch_size} | {args.max_new_tokens} | "

@@ -27,6 +27,14 @@ class NotAMoEModelError(MoetraceError):
     """The model has no mixture-of-experts layers that moetrace can trace."""
 
 
+class DemoModelNotBuiltError(ModelLoadError):
+    """The built-in demo model was asked for but has not been built (`moetrace demo-model build`)."""
+
+
+class RecordingError(MoetraceError):
+    """The routing a model produced cannot be mapped to tokens."""
+
+
 class PromptsError(MoetraceError):
     """The prompts source is missing, unreadable or empty."""
 

@@ -10,7 +10,7 @@ from test_cli import assert_one_error_line, run
 from tiny_models import save_tiny_model
 
 import moetrace
-from moetrace.demo import run_demo
+from moetrace.demo.pipeline import run_demo
 from moetrace.models.demo_model import BUILD_FILE, TRAIN_TRACE, DemoSpec, demo_model_dir, random_weight_model
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "traces" / "examples"
@@ -80,7 +80,7 @@ def test_demo_pipeline_builds_once_and_records_both_traces(tmp_path, monkeypatch
 
 
 def test_same_seed_same_demo_model_and_trace_byte_for_byte(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from moetrace.models.demo_model import build_demo_model
+    from moetrace.demo.build import build_demo_model
 
     folders = []
     for name in ("a", "b"):

@@ -9,7 +9,7 @@ from tiny_models import EOS_TOKEN_ID, moe_spec, tiny_model
 
 import moetrace
 from moetrace.errors import NotAMoEModelError
-from moetrace.trace.record import generate, left_pad
+from moetrace.models.generation import generate, left_pad
 
 # prompts of different lengths, so that a batch is left-padded
 PROMPTS = [[1, 40, 77, 101, 9], [1, 200, 13, 55, 66, 71, 90, 3, 18], [1, 5, 250], [1, 120, 121, 122, 123, 124, 125]]

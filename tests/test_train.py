@@ -8,7 +8,7 @@ import torch
 from tiny_models import tiny_model
 
 from moetrace.errors import InvalidArgumentError, NotAMoEModelError
-from moetrace.trace.train import DataTooShortError, TrainConfig, learning_rate_factor, train_and_record
+from moetrace.train.loop import DataTooShortError, TrainConfig, learning_rate_factor, train_and_record
 
 TOKENS = torch.randint(3, 259, (5000,), generator=torch.Generator().manual_seed(0))
 

@@ -26,7 +26,7 @@ def demo_command(
     from moetrace.cli.progress import RecordProgress
     from moetrace.cli.record import ensure_demo_model
     from moetrace.cli.tables import stats_renderable
-    from moetrace.demo import run_demo
+    from moetrace.demo.pipeline import run_demo
 
     ensure_demo_model()
     with RecordProgress() as progress:
@@ -63,7 +63,7 @@ def build_command(
 ) -> None:
     """Train the demo model now (a few minutes on a CPU) and cache it."""
     from moetrace.cli.progress import TrainProgress
-    from moetrace.models.demo_model import build_demo_model
+    from moetrace.demo.build import build_demo_model
 
     with TrainProgress("building demo model") as progress:
         folder = build_demo_model(

@@ -92,8 +92,8 @@ def record_command(
 ) -> None:
     """Record which experts every token uses: while generating from prompts, or (--train) while training."""
     from moetrace.trace.record import RecordConfig
-    from moetrace.trace.train import TrainConfig
     from moetrace.trace.writer import check_output_dir
+    from moetrace.train.loop import TrainConfig
 
     # refuse bad options before the demo model is built or a model is loaded
     if train:
@@ -105,7 +105,7 @@ def record_command(
     if model is None:
         ensure_demo_model()
     if train:
-        from moetrace.trace.train import record_training
+        from moetrace.train.record import record_training
 
         with TrainProgress("training") as progress:
             trace = record_training(
@@ -140,7 +140,8 @@ def record_command(
 
 def ensure_demo_model() -> None:
     """Build the demo model with a progress bar if it is not cached yet."""
-    from moetrace.models.demo_model import DemoSpec, build_demo_model, is_built
+    from moetrace.demo.build import build_demo_model
+    from moetrace.models.demo_model import DemoSpec, is_built
 
     if is_built():
         return

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from moetrace.errors import NotAMoEModelError
+from moetrace.errors import InvalidArgumentError, NotAMoEModelError
 
 #: (hook args, hook kwargs, module output or None) -> (top_k_index (T, k), top_k_weights (T, k) or None)
 Capture = Callable[[tuple, dict, Any], tuple[torch.Tensor, torch.Tensor | None]]
@@ -85,6 +85,17 @@ def find_moe_blocks(model: nn.Module) -> list[MoEBlock]:
         f"model (model_type '{model_type}') has no MoE layers that moetrace can trace; supported: families "
         f"whose experts follow transformers' experts interface, and {', '.join(n for n in ADAPTERS if n != 'experts-interface')}"
     )
+
+
+def check_pregate(blocks: list[MoEBlock]) -> None:
+    """Refuse pre-gating (the next MoE block's router applied to this block's decoder-layer output, as
+    `record --pregate` stores and `run --policy ...+pregate` prefetches with) where a block lacks what it needs."""
+    for block, following in zip(blocks, blocks[1:]):
+        if block.decoder_layer is None or following.pre_norm is None or following.select is None:
+            raise InvalidArgumentError(
+                f"pre-gating is not supported for this model: the MoE block at layer {following.layer} has no "
+                "router and norm that moetrace can call on its own"
+            )
 
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|blocks|h|layer)\.(\d+)(?:\.|$)")

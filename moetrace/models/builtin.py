@@ -1,8 +1,7 @@
-"""The built-in models: the trained demo model (the default), and a random-weight stand-in for tests."""
+"""A built-in random-weight stand-in model for tests (the trained demo model: `moetrace.models.loading.load_demo_model`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,17 +10,6 @@ from moetrace.models.loading import LoadedModel
 from moetrace.models.tokenizer import byte_level_tokenizer
 
 STAND_IN_NAME = "moetrace/stand-in-tiny-mixtral (random weights, seed 0)"
-
-
-def builtin_model(
-    spec: Any = None,
-    progress: Callable[[int, int, float], None] | None = None,
-    say: Callable[[str], None] = lambda _: None,
-) -> LoadedModel:
-    """The demo model (of `spec`, a `DemoSpec`; the default when None), built and cached on first use."""
-    from moetrace.models.demo_model import load_demo_model
-
-    return load_demo_model(spec, progress=progress, say=say)
 
 
 def stand_in_config() -> Any:

@@ -1,4 +1,6 @@
-"""Loading a model and its tokenizer: a hub id, a local folder, or the built-in model."""
+"""Loading a model and its tokenizer: a hub id, a local folder, or the built demo model.
+
+Loading never trains: the demo model is built by `moetrace.demo.build` (`moetrace demo-model build`)."""
 
 from __future__ import annotations
 
@@ -53,15 +55,14 @@ def load_model(
     trust_remote_code: bool = False,
     dtype_for: torch.device | None = None,
 ) -> LoadedModel:
-    """Load `name` (hub id or local folder) with the Auto classes, or the built-in model when None.
+    """Load `name` (hub id or local folder) with the Auto classes, or the built demo model when None
+    (a `DemoModelNotBuiltError` when it is not built yet).
     `dtype_for`: the device whose `auto` dtype rule applies, when the model is loaded onto another
     (the offloader loads on the host for a GPU run)."""
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dtype_for or target)
     if name is None:
-        from moetrace.models.builtin import builtin_model
-
-        loaded = builtin_model()
+        loaded = load_demo_model()
         loaded.model.to(device=target, dtype=torch_dtype if isinstance(torch_dtype, torch.dtype) else None)
         return loaded
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -87,6 +88,20 @@ def load_model(
     model.to(target)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name)
+
+
+def load_demo_model(spec: Any = None) -> LoadedModel:
+    """The built demo model (of `spec`, a `DemoSpec`; the default when None) on the host, from its cache
+    folder; a `DemoModelNotBuiltError` saying how to build it when it is not there."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from moetrace.models.demo_model import DEMO_NAME, built_demo_model_dir
+
+    folder = built_demo_model_dir(spec)
+    quiet_transformers()
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=AutoTokenizer.from_pretrained(folder), name=DEMO_NAME)
 
 
 def quiet_transformers() -> None:

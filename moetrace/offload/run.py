@@ -173,9 +173,9 @@ def run_model(
     """Generate greedily from `prompts`; with `offload`, routed experts live in host memory behind a
     device cache of `capacity` slots driven by `policy`. Returns what was generated and what it cost.
     `config` is a `RunConfig`; or give its fields as keyword `options`."""
+    from moetrace.models.generation import encode_prompts, end_of_sequence_ids, pad_token_id
     from moetrace.models.loading import load_model, resolve_device
     from moetrace.models.prompts import load_prompts
-    from moetrace.trace.record import _eos_ids, _pad_id, _tokenize
     from moetrace.trace.writer import check_output_dir
 
     if config is not None and options:
@@ -194,8 +194,8 @@ def run_model(
         torch.cuda.empty_cache()
     loaded = load_model(model, device="cpu", dtype=config.dtype, dtype_for=device,
                         trust_remote_code=trust_remote_code)  # fmt: skip
-    encoded = _tokenize(loaded.tokenizer, prompt_list)
-    pad_id, eos_ids = _pad_id(loaded.model, loaded.tokenizer), _eos_ids(loaded.model, loaded.tokenizer)
+    encoded = encode_prompts(loaded.tokenizer, prompt_list)
+    pad_id, eos_ids = pad_token_id(loaded.model, loaded.tokenizer), end_of_sequence_ids(loaded.model, loaded.tokenizer)
     baseline = None
     if config.compare:
         reference = load_model(model, device="cpu", dtype=config.dtype, dtype_for=device,
@@ -305,7 +305,7 @@ def _generate_all(model: Any, encoded: list[list[int]], config: RunConfig, devic
                   force: bool = False) -> RunReport:  # fmt: skip
     import contextlib
 
-    from moetrace.trace.record import generate, left_pad
+    from moetrace.models.generation import generate, left_pad, until_end
     from moetrace.trace.recorder import tracing
 
     if device.type == "cuda":
@@ -335,8 +335,7 @@ def _generate_all(model: Any, encoded: list[list[int]], config: RunConfig, devic
             prefill_tokens += int(mask.sum())
             batch_tokens = int(mask.sum())
             for row in output[:, input_ids.shape[1] :].tolist():
-                ends = [i for i, token in enumerate(row) if token in eos_ids]
-                generated.append(row[: ends[0] + 1] if ends else row)  # up to and with its end-of-sequence token
+                generated.append(until_end(row, eos_ids))  # up to and with its end-of-sequence token
                 batch_tokens += len(generated[-1])
                 decode_tokens += len(generated[-1]) - 1  # its first new token came out of the prefill forward
             if progress is not None:

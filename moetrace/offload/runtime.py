@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from moetrace.errors import InvalidArgumentError, NotAMoEModelError
-from moetrace.models.adapters import find_moe_blocks
+from moetrace.models.adapters import check_pregate, find_moe_blocks
+from moetrace.models.generation import FinishedRows, describe_forward
 from moetrace.offload.cache import SlotCache, check_live_policy
 from moetrace.offload.store import DeviceSlots, HostExperts
 
@@ -124,10 +125,9 @@ class Offloader:
             )
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self.stats = OffloadStats()
-        self.eos = np.array(sorted(set(eos_token_ids)), np.int64)
         self._keep: torch.Tensor | None = None
         self._tokens: torch.Tensor | None = None
-        self._finished = np.zeros(0, bool)
+        self._finished = FinishedRows(eos_token_ids)
         self._decoding = False
         self._last_need: frozenset[int] = frozenset()
         self._routing: dict[int, np.ndarray] = {}
@@ -146,32 +146,21 @@ class Offloader:
         self.blocks = find_moe_blocks(model)  # fresh: the old blocks still held the original tensors
         self._handles.append(model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
         if self.source == "pregate":
-            from moetrace.trace.recorder import _check_pregate
-
-            _check_pregate(self.blocks)
+            check_pregate(self.blocks)
             for i, block in enumerate(self.blocks[:-1]):
                 self._handles.append(block.decoder_layer.register_forward_hook(self._pregate_hook(i)))  # type: ignore[union-attr]
 
     # -- which tokens are computed -------------------------------------------------------------
 
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        from moetrace.trace.recorder import _describe_forward
-
-        forward = _describe_forward(args, kwargs)
+        forward = describe_forward(args, kwargs)
         self._routing = {}
         self._decoding = not forward.prefill
         keep = forward.valid.reshape(forward.batch, forward.length)
         tokens = forward.tokens
-        if forward.prefill or len(self._finished) != forward.batch:
-            self._finished = np.zeros(forward.batch, bool)
-        elif tokens is not None and len(self.eos):
-            # a generated end-of-sequence token ends its sequence: neither it nor what follows is computed
-            last = tokens.reshape(forward.batch, forward.length).cpu().numpy()
-            finished = self._finished[:, None] | (np.cumsum(np.isin(last, self.eos), axis=1) > 0)
-            self._finished = finished[:, -1].copy()
+        finished = self._finished.update(forward)  # the tokens that count are the ones computed
+        if finished.any():
             keep = keep & ~torch.as_tensor(finished, device=keep.device)
-        elif self._finished.any():
-            keep = keep & ~torch.as_tensor(self._finished[:, None], device=keep.device)
         self._keep = keep.reshape(-1)
         self._tokens = tokens.reshape(-1) if tokens is not None else None
 

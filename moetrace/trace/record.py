@@ -81,6 +81,7 @@ def record(
     model and prompts when `model` and `prompts` are None; or give its fields as keyword `options`.
     The resolved configuration is stored in the trace's meta.json. Returns the finished trace.
     """
+    from moetrace.models.generation import encode_prompts, end_of_sequence_ids, generate, left_pad, pad_token_id
     from moetrace.models.loading import LoadedModel, load_model
     from moetrace.models.prompts import BUILTIN, load_prompts
     from moetrace.trace.recorder import tracing
@@ -107,9 +108,9 @@ def record(
         loaded = load_model(name, device=config.device, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
     hf_model, tokenizer = loaded.model, loaded.tokenizer
     device = next(hf_model.parameters()).device
-    encoded = _tokenize(tokenizer, prompt_list)
-    pad_id = _pad_id(hf_model, tokenizer)
-    eos_ids = _eos_ids(hf_model, tokenizer)
+    encoded = encode_prompts(tokenizer, prompt_list)
+    pad_id = pad_token_id(hf_model, tokenizer)
+    eos_ids = end_of_sequence_ids(hf_model, tokenizer)
     torch.manual_seed(config.seed)
 
     run = {**asdict(config), "device": str(device), "num_sequences": len(prompt_list), "greedy": True}
@@ -147,68 +148,3 @@ def record(
 def _model_name(model: Any) -> str:
     config = getattr(model, "config", None)
     return getattr(config, "_name_or_path", None) or type(model).__name__
-
-
-def _tokenize(tokenizer: Any, prompts: list[Any]) -> list[list[int]]:
-    if all(isinstance(p, (list, tuple)) for p in prompts):
-        encoded = [[int(t) for t in p] for p in prompts]
-    elif tokenizer is None:
-        raise PromptsError("text prompts need a tokenizer: pass tokenizer= with a loaded model, or token ids")
-    else:
-        encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
-    empty = [i for i, ids in enumerate(encoded) if not ids]
-    if empty:
-        raise PromptsError(f"prompt {empty[0]} tokenizes to no tokens")
-    return encoded
-
-
-def _pad_id(model: Any, tokenizer: Any) -> int:
-    generation = getattr(model, "generation_config", None)
-    candidates = (
-        getattr(tokenizer, "pad_token_id", None),
-        getattr(generation, "pad_token_id", None),
-        getattr(tokenizer, "eos_token_id", None),
-    )
-    for value in candidates:
-        if isinstance(value, int):
-            return value
-    return 0
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    value = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if value is None:
-        value = getattr(tokenizer, "eos_token_id", None)
-    if value is None:
-        return []
-    return [int(value)] if isinstance(value, int) else [int(v) for v in value]
-
-
-def left_pad(batch: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        attention_mask[row, width - len(ids) :] = 1
-    return input_ids.to(device), attention_mask.to(device)
-
-
-def generate(
-    model: Any,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    max_new_tokens: int,
-    pad_id: int,
-    eos_ids: list[int],
-) -> torch.Tensor:
-    """Greedy generation as `record` runs it; returns prompt and generated ids (the prompt alone for 0)."""
-    if max_new_tokens == 0:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return input_ids
-    from transformers import GenerationConfig
-
-    generation = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos_ids or None
-    )
-    return model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation)

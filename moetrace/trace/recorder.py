@@ -2,8 +2,9 @@
 
 During a forward each MoE block's routing stays on the device; when the model's forward returns,
 all layers' expert ids, gate weights, positions and token ids are packed into one int32 tensor and
-cross to the host in a single copy. Padded positions and tokens of finished sequences are dropped
-there, and the rows go to the trace writer together with the step's per-expert load.
+cross to the host in a single copy. Only the tokens that count are kept there (not padding, not finished
+sequences: the rule of `moetrace.models.generation`), and the rows go to the trace writer together
+with the step's per-expert load.
 """
 
 from __future__ import annotations
@@ -20,14 +21,11 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from moetrace.errors import MoetraceError
-from moetrace.models.adapters import MoEBlock, find_moe_blocks, text_config
+from moetrace.errors import RecordingError
+from moetrace.models.adapters import MoEBlock, check_pregate, find_moe_blocks, text_config
+from moetrace.models.generation import FinishedRows, Forward, describe_forward, end_of_sequence_ids
 from moetrace.trace.meta import ModelInfo, TraceMeta
 from moetrace.trace.writer import DEFAULT_FLUSH_ROWS, TraceWriter
-
-
-class RecordingError(MoetraceError):
-    """The routing a model produced cannot be mapped to tokens."""
 
 
 def model_info(model: nn.Module, blocks: list[MoEBlock], name: str | None = None) -> ModelInfo:
@@ -43,18 +41,6 @@ def model_info(model: nn.Module, blocks: list[MoEBlock], name: str | None = None
         expert_bytes=blocks[0].expert_bytes,
         dtype=str(dtype).removeprefix("torch."),
     )
-
-
-@dataclass
-class _Forward:
-    """What the top-level pre-hook learned about the forward in flight (tensors on the device)."""
-
-    batch: int
-    length: int
-    prefill: bool
-    pos: torch.Tensor
-    valid: torch.Tensor
-    tokens: torch.Tensor | None
 
 
 class Tracer:
@@ -75,23 +61,22 @@ class Tracer:
         self.optimizer_steps = optimizer_steps
         self.pregate = pregate
         if pregate:
-            _check_pregate(blocks)
+            check_pregate(blocks)
         self.writer = writer
         self.blocks = blocks
         self.layers = np.array([b.layer for b in blocks], np.int16)
         self.num_experts = blocks[0].num_experts
         self.top_k = blocks[0].top_k
-        self.eos_token_ids = np.array(sorted(set(eos_token_ids)), np.int64)
+        self._finished = FinishedRows(eos_token_ids)
         self.on_forward = on_forward
         self.step = 0
         self.tokens_recorded = 0
         self._block_index = {id(b.module): i for i, b in enumerate(blocks)}
         self._pending: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [None] * len(blocks)
-        self._forward: _Forward | None = None
+        self._forward: Forward | None = None
         self._next_seq_id = 0
         self._queued_seq_ids: np.ndarray | None = None
         self._row_seq_ids = np.zeros(0, np.int32)
-        self._row_finished = np.zeros(0, bool)
         self._handles: list[Any] = []
         self._load_sum: torch.Tensor | None = None
         self._queue: list[_HostForward] = []
@@ -163,7 +148,7 @@ class Tracer:
     def _model_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._pending = [None] * len(self.blocks)
         self._pregate_pending = [None] * len(self.blocks)
-        self._forward = _describe_forward(args, kwargs)
+        self._forward = describe_forward(args, kwargs)
 
     def _block_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._capture(module, args, kwargs, None)
@@ -185,7 +170,7 @@ class Tracer:
 
     # -- one forward pass ---------------------------------------------------------------------
 
-    def _record(self, forward: _Forward) -> None:
+    def _record(self, forward: Forward) -> None:
         fired = [i for i, p in enumerate(self._pending) if p is not None]
         pending = [p for p in self._pending if p is not None]
         self._pending = [None] * len(self.blocks)
@@ -306,9 +291,9 @@ class Tracer:
         self._load_sum = counts if self._load_sum is None else self._load_sum + counts
 
     def _keep_mask(
-        self, forward: _Forward, valid: np.ndarray, tokens: np.ndarray | None
+        self, forward: Forward, valid: np.ndarray, tokens: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Valid (non-padding) positions of sequences that have not finished, and each position's seq_id."""
+        """The positions that count (not padding, not finished) of recorded rows, and each position's seq_id."""
         batch, length = forward.batch, forward.length
         if forward.prefill or len(self._row_seq_ids) != batch:
             queued, self._queued_seq_ids = self._queued_seq_ids, None
@@ -317,15 +302,7 @@ class Tracer:
             else:
                 self._row_seq_ids = np.arange(self._next_seq_id, self._next_seq_id + batch, dtype=np.int32)
             self._next_seq_id = max(self._next_seq_id, int(self._row_seq_ids.max()) + 1)
-            self._row_finished = np.zeros(batch, bool)
-            finished = np.zeros((batch, length), bool)
-        elif tokens is None or not len(self.eos_token_ids):
-            finished = np.repeat(self._row_finished[:, None], length, axis=1)
-        else:
-            # a generated end-of-sequence token ends its sequence: it and what follows are not routed work
-            is_eos = (tokens.reshape(batch, length, 1) == self.eos_token_ids).any(axis=2)
-            finished = self._row_finished[:, None] | (np.cumsum(is_eos, axis=1) > 0)
-            self._row_finished = finished[:, -1].copy()
+        finished = self._finished.update(forward, tokens)
         seq_ids = np.repeat(self._row_seq_ids, length)
         return valid & ~finished.reshape(-1) & (seq_ids >= 0), seq_ids  # a negative seq_id: row not recorded
 
@@ -361,51 +338,6 @@ class _HostForward:
         )
 
 
-def _check_pregate(blocks: list[MoEBlock]) -> None:
-    from moetrace.errors import InvalidArgumentError
-
-    for block, following in zip(blocks, blocks[1:]):
-        if block.decoder_layer is None or following.pre_norm is None or following.select is None:
-            raise InvalidArgumentError(
-                f"--pregate is not supported for this model: the MoE block at layer {following.layer} has no "
-                "router and norm that moetrace can call on its own"
-            )
-
-
-def _describe_forward(args: tuple, kwargs: dict) -> _Forward:
-    input_ids = kwargs.get("input_ids", args[0] if args else None)
-    embeds = kwargs.get("inputs_embeds")
-    if input_ids is None and embeds is None:
-        raise RecordingError("a traced forward pass got neither input_ids nor inputs_embeds")
-    reference: Any = input_ids if input_ids is not None else embeds
-    batch, length = int(reference.shape[0]), int(reference.shape[1])
-    mask = kwargs.get("attention_mask")
-    device = reference.device
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-        past = int(mask.shape[1]) - length
-        mask = mask.to(torch.int32)
-        pos = (mask.cumsum(dim=1) - 1)[:, past:]
-        valid = mask[:, past:] > 0
-    else:
-        past = _past_length(kwargs)
-        position_ids = kwargs.get("position_ids")
-        if isinstance(position_ids, torch.Tensor):
-            pos = position_ids.expand(batch, length)
-        else:
-            pos = (torch.arange(length, device=device) + past).expand(batch, length)
-        valid = torch.ones(batch, length, dtype=torch.bool, device=device)
-    return _Forward(batch, length, past == 0, pos, valid, input_ids)
-
-
-def _past_length(kwargs: dict) -> int:
-    cache = kwargs.get("past_key_values", kwargs.get("cache"))
-    if cache is None:
-        return 0
-    if hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
-    return 0
-
-
 @contextlib.contextmanager
 def tracing(
     model: nn.Module,
@@ -435,11 +367,11 @@ def tracing(
     blocks = find_moe_blocks(model)
     info = model_info(model, blocks, name)
     if eos_token_ids is None:
-        eos_token_ids = _eos_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+        eos_token_ids = end_of_sequence_ids(model)
     meta = TraceMeta.new(info, {"mode": "generate", **(run or {})})
     weights_type = pa.float16() if info.dtype in ("float16", "bfloat16") else pa.float32()
     if pregate:
-        _check_pregate(blocks)
+        check_pregate(blocks)
     extra = ("pregate_experts",) if pregate else ()
     writer = TraceWriter(
         out_dir, meta, weights_type=weights_type, extra_columns=extra, flush_rows=flush_rows, force=force
@@ -461,11 +393,3 @@ def tracing(
     writer.close(
         complete=True, steps=tracer.step, routed_tokens=tracer.tokens_recorded, seconds=seconds, **tracer.run_updates
     )
-
-
-def _eos_ids(value: Any) -> list[int]:
-    if value is None:
-        return []
-    if isinstance(value, int):
-        return [value]
-    return [int(v) for v in value]

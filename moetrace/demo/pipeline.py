@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moetrace.models.demo_model import DemoSpec
+from moetrace.models.demo_model import DemoSpec, is_built
 from moetrace.trace.reader import Trace
 from moetrace.trace.stats import TraceStats
 
@@ -42,8 +42,9 @@ def run_demo(
 ) -> DemoResult:
     """Build the demo model (cached), keep its training-load trace, record a generation trace on the
     built-in prompts, and summarise and plot both. The demo's own traces under `out` are replaced."""
-    from moetrace.models.builtin import builtin_model
+    from moetrace.demo.build import build_demo_model
     from moetrace.models.demo_model import TRAIN_TRACE, demo_model_dir
+    from moetrace.models.loading import load_demo_model
     from moetrace.report.plots import plot_load
     from moetrace.trace.reader import open_trace
     from moetrace.trace.record import record
@@ -53,7 +54,10 @@ def run_demo(
     result = DemoResult(out=Path(out))
     for name in ("train", "generate"):
         check_output_dir(result.out / name, force=True)
-    loaded = builtin_model(spec, progress=build_progress, say=say)
+    if not is_built(spec):
+        say("the demo model is not built yet: building it once (a few minutes on a CPU)")
+        build_demo_model(spec, progress=build_progress, say=say)
+    loaded = load_demo_model(spec)
 
     say("the demo model's own training run, recorded while it trained: expert load of every optimizer step")
     shutil.rmtree(result.out / "train", ignore_errors=True)

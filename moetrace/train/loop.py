@@ -1,4 +1,4 @@
-"""`moetrace record --train`: train or fine-tune a model and record the load of every optimizer step.
+"""Training with recording: the loop behind `moetrace record --train` and the demo model's build.
 
 The load of every MoE layer is summed over a step's micro-batches on the device and crosses to
 the host once per optimizer step (phase `train`). Every `routes_every` steps the routes of the
@@ -19,7 +19,8 @@ import torch
 
 from moetrace.errors import InvalidArgumentError, MoetraceError
 from moetrace.trace.reader import Trace, open_trace
-from moetrace.trace.writer import DEFAULT_FLUSH_ROWS, check_output_dir
+from moetrace.trace.recorder import tracing
+from moetrace.trace.writer import DEFAULT_FLUSH_ROWS
 
 #: progress(steps_done, steps_total, loss)
 TrainProgress = Callable[[int, int, float], None]
@@ -97,8 +98,6 @@ def train_and_record(
     progress: TrainProgress | None = None,
 ) -> Trace:
     """Train `model` on windows of the 1-D token stream `tokens`, recording its load into a trace."""
-    from moetrace.trace.recorder import tracing
-
     needed = config.batch_size * (config.seq_len + 1)
     if len(tokens) < needed:
         raise DataTooShortError(
@@ -164,97 +163,3 @@ def _loss(model: Any, batch: torch.Tensor, aux_loss_coef: float) -> tuple[torch.
     if aux is not None and aux_loss_coef > 0:
         loss = loss + aux_loss_coef * aux
     return loss, aux_loss_coef > 0
-
-
-def tokenize_text(tokenizer: Any, text: str, eos_id: int | None) -> torch.Tensor:
-    """One token stream for a whole text: paragraphs tokenized in batches, joined by end-of-sequence."""
-    documents = [d for d in text.split("\n\n") if d.strip()]
-    ids: list[int] = []
-    for start in range(0, len(documents), 512):
-        encoded = tokenizer(documents[start : start + 512], add_special_tokens=False)["input_ids"]
-        for document in encoded:
-            ids.extend(document)
-            if eos_id is not None:
-                ids.append(eos_id)
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def read_training_text(data: str | Path | None) -> tuple[str, str]:
-    """(text, source name): a .txt file, the `text`/`prompt` fields of a .jsonl file, or the demo corpus."""
-    if data is None:
-        from moetrace.models.demo_model import demo_corpus
-
-        return "\n\n".join(demo_corpus()), "demo corpus"
-    path = Path(data)
-    if not path.is_file():
-        raise MoetraceError(f"data file {path} does not exist" if not path.exists() else f"{path} is not a file")
-    if path.suffix == ".jsonl":
-        from moetrace.models.prompts import load_prompts
-
-        return "\n\n".join(load_prompts(path)), str(path)
-    try:
-        return path.read_text(encoding="utf-8"), str(path)
-    except UnicodeDecodeError:
-        raise MoetraceError(f"data file {path} is not UTF-8 text") from None
-
-
-def record_training(
-    model: str | Any | None = None,
-    data: str | Path | None = None,
-    out: str | Path = "trace",
-    *,
-    tokenizer: Any = None,
-    from_scratch: bool = False,
-    save_model: str | Path | None = None,
-    device: str = "auto",
-    dtype: str = "float32",
-    trust_remote_code: bool = False,
-    force: bool = False,
-    progress: TrainProgress | None = None,
-    **options: Any,
-) -> Trace:
-    """Train `model` (hub id, folder, loaded model, or None for the built-in model) on `data` for
-    `steps` optimizer steps and record its per-step expert load; other options: `TrainConfig`.
-    With `from_scratch` the model's weights are first re-initialised (seeded): same shape, no training."""
-    from moetrace.models.loading import LoadedModel, load_model
-
-    config = TrainConfig(**options)
-    out = Path(out)
-    check_output_dir(out, force)
-    if save_model is not None:
-        check_output_dir(Path(save_model), force)
-    text, source = read_training_text(data)
-    if isinstance(model, torch.nn.Module):
-        loaded = LoadedModel(model=model, tokenizer=tokenizer, name=_name(model))
-    else:
-        loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    if loaded.tokenizer is None:
-        raise InvalidArgumentError("training on text needs the model's tokenizer")
-    tokens = tokenize_text(loaded.tokenizer, text, loaded.tokenizer.eos_token_id)
-    if from_scratch:
-        loaded.model = _reinitialised(loaded.model, config.seed)
-    torch.manual_seed(config.seed)
-    trace = train_and_record(
-        loaded.model, tokens, out, config, name=loaded.name, run={"data": source, "data_tokens": len(tokens)},
-        force=force, progress=progress,
-    )  # fmt: skip
-    if save_model is not None:
-        loaded.model.save_pretrained(save_model)
-        loaded.tokenizer.save_pretrained(save_model)
-    return trace
-
-
-def _reinitialised(model: Any, seed: int) -> Any:
-    """A model of the same configuration with fresh seeded weights, on the same device and dtype."""
-    from transformers import AutoModelForCausalLM
-
-    parameter = next(model.parameters())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        fresh = AutoModelForCausalLM.from_config(model.config)
-    return fresh.to(device=parameter.device, dtype=parameter.dtype)
-
-
-def _name(model: Any) -> str:
-    config = getattr(model, "config", None)
-    return getattr(config, "_name_or_path", None) or type(model).__name__
