@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -91,51 +91,61 @@ def record_command(
     ] = None,
 ) -> None:
     """Record which experts every token uses: while generating from prompts, or (--train) while training."""
-    from moetrace.trace.record import RecordConfig
     from moetrace.trace.writer import check_output_dir
-    from moetrace.train.loop import TrainConfig
 
-    # refuse bad options before the demo model is built or a model is loaded
+    config: Any
     if train:
-        TrainConfig(steps=steps, batch_size=16 if batch_size is None else batch_size, seq_len=seq_len, lr=lr, aux_loss_coef=aux_loss_coef,
-                    grad_accum=grad_accum, routes_every=routes_every, routes_sample=routes_sample)  # fmt: skip
+        from moetrace.train.loop import TrainConfig
+
+        config = TrainConfig(
+            model=model, data=None if data is None else str(data), device=device, dtype=dtype,
+            trust_remote_code=trust_remote_code, from_scratch=from_scratch, steps=steps,
+            batch_size=16 if batch_size is None else batch_size, seq_len=seq_len, lr=lr, aux_loss_coef=aux_loss_coef,
+            grad_accum=grad_accum, routes_every=routes_every, routes_sample=routes_sample, seed=seed,
+        )  # fmt: skip
     else:
-        RecordConfig(max_new_tokens=max_new_tokens, batch_size=8 if batch_size is None else batch_size)
+        from moetrace.trace.record import RecordConfig
+
+        config = RecordConfig(
+            model=model, prompts=None if prompts is None else str(prompts), max_new_tokens=max_new_tokens,
+            batch_size=8 if batch_size is None else batch_size, device=device, dtype=dtype, seed=seed,
+            trust_remote_code=trust_remote_code, pregate=pregate,
+        )  # fmt: skip
     check_output_dir(out, force)
-    if model is None:
+    if train and save_model is not None:
+        check_output_dir(save_model, force)
+    if model is None:  # only once every option has been checked: building the demo model takes minutes
         ensure_demo_model()
-    if train:
-        from moetrace.train.record import record_training
-
-        with TrainProgress("training") as progress:
-            trace = record_training(
-                model, data, out, from_scratch=from_scratch, save_model=save_model, device=device, dtype="float32" if dtype == "auto" else dtype,
-                trust_remote_code=trust_remote_code, force=force, progress=progress.update, steps=steps,
-                batch_size=16 if batch_size is None else batch_size, seq_len=seq_len, lr=lr, aux_loss_coef=aux_loss_coef, grad_accum=grad_accum,
-                routes_every=routes_every, routes_sample=routes_sample, seed=seed,
-            )  # fmt: skip
-        run = trace.meta.run
-        console.print(
-            f"[green]recorded[/green] the load of {run.get('steps')} optimizer steps ({run.get('routed_tokens', 0):,} "
-            f"tokens, final loss {run['losses'][-1]:.3f}, {run.get('seconds')} s) → [bold]{trace.path}[/bold]"
-        )
-        if save_model is not None:
-            console.print(f"model → [bold]{save_model}[/bold]")
-    else:
-        from moetrace.trace.record import record
-
-        with RecordProgress() as progress:
-            trace = record(
-                model, prompts, out, force=force, progress=progress.update, max_new_tokens=max_new_tokens,
-                batch_size=8 if batch_size is None else batch_size, device=device, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code,
-                pregate=pregate,
-            )  # fmt: skip
-        run = trace.meta.run
-        console.print(
-            f"[green]recorded[/green] {run.get('routed_tokens', 0):,} tokens of {run.get('num_sequences')} sequences "
-            f"in {run.get('steps')} forward passes ({run.get('seconds')} s) → [bold]{trace.path}[/bold]"
-        )
+    trace = _record_training(config, out, save_model, force) if train else _record_generation(config, out, force)
     console.print(f"next: [cyan]moetrace inspect {trace.path}[/cyan]")
+
+
+def _record_generation(config: Any, out: Path, force: bool) -> Any:
+    from moetrace.trace.record import record
+
+    with RecordProgress() as progress:
+        trace = record(out=out, config=config, force=force, progress=progress.update)
+    run = trace.meta.run
+    console.print(
+        f"[green]recorded[/green] {run.get('routed_tokens', 0):,} tokens of {run.get('num_sequences')} sequences "
+        f"in {run.get('steps')} forward passes ({run.get('seconds')} s) → [bold]{trace.path}[/bold]"
+    )
+    return trace
+
+
+def _record_training(config: Any, out: Path, save_model: Path | None, force: bool) -> Any:
+    from moetrace.train.record import record_training
+
+    with TrainProgress("training") as progress:
+        trace = record_training(out=out, config=config, save_model=save_model, force=force, progress=progress.update)
+    run = trace.meta.run
+    console.print(
+        f"[green]recorded[/green] the load of {run.get('steps')} optimizer steps ({run.get('routed_tokens', 0):,} "
+        f"tokens, final loss {run['losses'][-1]:.3f}, {run.get('seconds')} s) → [bold]{trace.path}[/bold]"
+    )
+    if save_model is not None:
+        console.print(f"model → [bold]{save_model}[/bold]")
+    return trace
 
 
 def ensure_demo_model() -> None:

@@ -32,8 +32,23 @@ class DataTooShortError(MoetraceError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How a training run is recorded; stored in the trace's meta.json."""
+    """How a training run is recorded; stored in the trace's meta.json.
 
+    `model` … `from_scratch` say what `record_training` loads; `train_and_record`, given a loaded
+    model and its tokens, reads the rest."""
+
+    model: str | None = None
+    """Hub id or local folder; None for the built-in demo model (the name of a model given loaded)."""
+    data: str | None = None
+    """Training text: .txt, or .jsonl with a text/prompt field; None for the demo corpus."""
+    device: str = "auto"
+    """cpu, cuda (or cuda:N) or auto (cuda when torch sees a GPU)."""
+    dtype: str = "auto"
+    """auto (float32: training keeps full precision), float32, bfloat16, float16 or float64."""
+    trust_remote_code: bool = False
+    """Allow a hub model's own Python code to run."""
+    from_scratch: bool = False
+    """Re-initialise the model's weights (seeded) before training: same shape, trained from nothing."""
     steps: int = 500
     """Optimizer steps."""
     batch_size: int = 16
@@ -45,7 +60,9 @@ class TrainConfig:
     warmup_steps: int | None = None
     """Warm-up steps; 5% of `steps` when None."""
     weight_decay: float = 0.1
+    """AdamW weight decay."""
     grad_clip: float = 1.0
+    """Clip the gradient norm to this (0: no clipping)."""
     aux_loss_coef: float = 0.01
     """Weight of the router's load-balancing loss; 0 switches it off."""
     grad_accum: int = 1
@@ -55,9 +72,13 @@ class TrainConfig:
     routes_sample: int = 4
     """Sequences of the batch whose routes are recorded at those steps."""
     seed: int = 0
+    """Seed for the batches, the re-initialised weights and torch."""
     flush_rows: int = DEFAULT_FLUSH_ROWS
+    """Route rows per Parquet part."""
 
     def __post_init__(self) -> None:
+        from moetrace.models.loading import resolve_device, resolve_dtype
+
         checks = [
             (self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
@@ -68,10 +89,23 @@ class TrainConfig:
              f"--grad-accum must divide --batch-size ({self.batch_size}), got {self.grad_accum}"),
             (self.routes_every >= 0, f"--routes-every must be 0 or more, got {self.routes_every}"),
             (self.routes_sample >= 1, f"--routes-sample must be at least 1, got {self.routes_sample}"),
+            (self.warmup_steps is None or self.warmup_steps >= 1, f"warmup_steps must be at least 1, got {self.warmup_steps}"),
+            (self.weight_decay >= 0, f"weight_decay must be 0 or more, got {self.weight_decay}"),
+            (self.grad_clip >= 0, f"grad_clip must be 0 or more, got {self.grad_clip}"),
+            (self.flush_rows >= 1, f"flush_rows must be at least 1, got {self.flush_rows}"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise InvalidArgumentError(message)
+        resolve_dtype(self.dtype, resolve_device(self.device))  # refused before any model is loaded or built
+        if self.data is not None and not Path(self.data).is_file():
+            path = Path(self.data)
+            raise MoetraceError(f"data file {path} does not exist" if not path.exists() else f"{path} is not a file")
+
+    @property
+    def torch_dtype(self) -> str:
+        """The dtype a model is loaded in to train: `auto` is float32."""
+        return "float32" if self.dtype == "auto" else self.dtype
 
     @property
     def warmup(self) -> int:

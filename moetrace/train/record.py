@@ -19,22 +19,26 @@ def record_training(
     data: str | Path | None = None,
     out: str | Path = "trace",
     *,
+    config: TrainConfig | None = None,
     tokenizer: Any = None,
-    from_scratch: bool = False,
     save_model: str | Path | None = None,
-    device: str = "auto",
-    dtype: str = "float32",
-    trust_remote_code: bool = False,
     force: bool = False,
     progress: TrainProgress | None = None,
     **options: Any,
 ) -> Trace:
     """Train `model` (hub id, folder, loaded model, or None for the built-in model) on `data` for
-    `steps` optimizer steps and record its per-step expert load; other options: `TrainConfig`.
-    With `from_scratch` the model's weights are first re-initialised (seeded): same shape, no training."""
+    `steps` optimizer steps and record its per-step expert load. `config` (a `TrainConfig`) says how,
+    and which model and data when `model` and `data` are None; or give its fields as keyword `options`.
+    With `from_scratch` the model's weights are first re-initialised (seeded): same shape, no training.
+    The resolved configuration is stored in the trace's meta.json."""
     from moetrace.models.loading import LoadedModel, load_model
 
-    config = TrainConfig(**options)
+    if config is not None and options:
+        raise TypeError(f"give a TrainConfig or its fields, not both: {', '.join(options)}")
+    config = config if config is not None else TrainConfig(**options)
+    if model is None and config.model is not None:
+        model = config.model
+    data = config.data if data is None else data
     out = Path(out)
     check_output_dir(out, force)
     if save_model is not None:
@@ -43,11 +47,13 @@ def record_training(
     if isinstance(model, torch.nn.Module):
         loaded = LoadedModel(model=model, tokenizer=tokenizer, name=_name(model))
     else:
-        loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        loaded = load_model(
+            model, device=config.device, dtype=config.torch_dtype, trust_remote_code=config.trust_remote_code
+        )
     if loaded.tokenizer is None:
         raise InvalidArgumentError("training on text needs the model's tokenizer")
     tokens = tokenize_text(loaded.tokenizer, text, loaded.tokenizer.eos_token_id)
-    if from_scratch:
+    if config.from_scratch:
         loaded.model = _reinitialised(loaded.model, config.seed)
     torch.manual_seed(config.seed)
     trace = train_and_record(
