@@ -34,12 +34,12 @@ def assert_one_error_line(result, contains: str) -> None:  # type: ignore[no-unt
 @pytest.fixture
 def no_demo_build(monkeypatch):  # type: ignore[no-untyped-def]
     """Fail the test if a command starts building the demo model."""
-    import moetrace.cli.record
+    import moetrace.cli.common
 
     def refuse() -> None:
         raise AssertionError("the demo model was built before the options were checked")
 
-    monkeypatch.setattr(moetrace.cli.record, "ensure_demo_model", refuse)
+    monkeypatch.setattr(moetrace.cli.common, "ensure_demo_model", refuse)
 
 
 def test_predict_load_bad_phase() -> None:

@@ -88,6 +88,23 @@ def parse_seconds(text: str, option: str) -> float:
     return float(match.group(1)) * {"s": 1, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, None: 1}[match.group(2)]
 
 
+def ensure_demo_model() -> None:
+    """Build the demo model with a progress bar if it is not cached yet (commands that default to it call this
+    once every option has been checked)."""
+    from moetrace.cli.progress import TrainProgress
+    from moetrace.demo.build import build_demo_model
+    from moetrace.models.demo_model import DemoSpec, is_built
+
+    if is_built():
+        return
+    console.print(
+        f"[bold]·[/bold] building the demo model once: {DemoSpec().steps} training steps on Python's own documentation "
+        "and standard library (a few minutes on a CPU; cached afterwards)"
+    )
+    with TrainProgress("building demo model") as progress:
+        build_demo_model(progress=progress.update, say=lambda s: console.print(f"[bold]·[/bold] {s}"))
+
+
 def json_safe(value: Any) -> Any:
     """NaN and infinities become null, tuples lists: what strict JSON readers accept."""
     if isinstance(value, float):

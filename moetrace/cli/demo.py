@@ -23,8 +23,8 @@ def demo_command(
     ] = Path("traces/demo"),
 ) -> None:
     """Show what moetrace does on the built-in demo model: train (cached), record, inspect, plot. No download, no GPU."""
+    from moetrace.cli.common import ensure_demo_model
     from moetrace.cli.progress import RecordProgress
-    from moetrace.cli.record import ensure_demo_model
     from moetrace.cli.tables import stats_renderable
     from moetrace.demo.pipeline import run_demo
 

@@ -91,6 +91,7 @@ def record_command(
     ] = None,
 ) -> None:
     """Record which experts every token uses: while generating from prompts, or (--train) while training."""
+    from moetrace.cli.common import ensure_demo_model
     from moetrace.trace.writer import check_output_dir
 
     config: Any
@@ -146,18 +147,3 @@ def _record_training(config: Any, out: Path, save_model: Path | None, force: boo
     if save_model is not None:
         console.print(f"model → [bold]{save_model}[/bold]")
     return trace
-
-
-def ensure_demo_model() -> None:
-    """Build the demo model with a progress bar if it is not cached yet."""
-    from moetrace.demo.build import build_demo_model
-    from moetrace.models.demo_model import DemoSpec, is_built
-
-    if is_built():
-        return
-    console.print(
-        f"[bold]·[/bold] building the demo model once: {DemoSpec().steps} training steps on Python's own documentation "
-        "and standard library (a few minutes on a CPU; cached afterwards)"
-    )
-    with TrainProgress("building demo model") as progress:
-        build_demo_model(progress=progress.update, say=lambda s: console.print(f"[bold]·[/bold] {s}"))

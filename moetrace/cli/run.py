@@ -57,8 +57,8 @@ def run_command(
     json_output: Json = False,
 ) -> None:
     """Generate with a model, optionally with its experts offloaded: tokens/s, hit rate, bytes moved, memory."""
+    from moetrace.cli.common import ensure_demo_model
     from moetrace.cli.progress import RecordProgress
-    from moetrace.cli.record import ensure_demo_model
     from moetrace.offload.run import RunConfig, run_model
     from moetrace.trace.writer import check_output_dir
 
