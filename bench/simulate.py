@@ -31,6 +31,7 @@ from common import command, write_section  # noqa: E402
 import moetrace  # noqa: E402
 from moetrace.predict.path import PathConfig, evaluate_paths, save_path_predictor  # noqa: E402
 from moetrace.sim import reference  # noqa: E402
+from moetrace.sim.policies import registered  # noqa: E402
 from moetrace.sim.replay import replay  # noqa: E402
 from moetrace.sim.simulate import SimConfig, simulate  # noqa: E402
 from moetrace.sim.stream import build_stream  # noqa: E402
@@ -51,7 +52,7 @@ def speed(trace: moetrace.Trace) -> str:
         (int(stream.layer[r]), stream.ids[stream.offsets[r] : stream.offsets[r + 1]].tolist()) for r in range(prefix)
     ]
     accesses_prefix = int(stream.offsets[prefix])
-    for policy in ("lru", "fifo", "lfu", "belady"):
+    for policy in [p.name for p in registered()]:
         replay(stream, policy, 16)  # compile
         started = time.perf_counter()
         counts = replay(stream, policy, 16)
@@ -96,7 +97,7 @@ def policies(train: moetrace.Trace, test: moetrace.Trace, tmp: Path, train_steps
         save_path_predictor(result.predictors[method], predictors[method], train, (1,))
         print(f"{method}: next-layer recall on the test prompts {result.results[0]['recall']:.3f}", flush=True)
     rows_by = {}
-    demand = ("lru", "fifo", "lfu", "belady", "static", "lru+oracle")
+    demand = (*[p.name for p in registered()], "lru+oracle")
     config = dict(capacities=(8, 16, 32), order="token", layer_time=0.5e-3, expert_bytes=EXPERT_BYTES)
     for row in simulate(test, SimConfig(policies=demand, **config)).results:
         rows_by[(row["policy"], row["capacity"])] = row

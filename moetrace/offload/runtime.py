@@ -23,8 +23,11 @@ from torch import nn
 from moetrace.errors import InvalidArgumentError, NotAMoEModelError
 from moetrace.models.adapters import check_pregate, find_moe_blocks
 from moetrace.models.generation import FinishedRows, describe_forward
-from moetrace.offload.cache import SlotCache, check_live_policy
+from moetrace.offload.cache import SlotCache
 from moetrace.offload.store import DeviceSlots, HostExperts
+from moetrace.sim.policies import parse_live_policy
+from moetrace.sim.reference import check_capacity
+from moetrace.sim.replay import CacheSpace
 
 IMPLEMENTATION = "moetrace_offload"
 ATTRIBUTE = "_moetrace_offload"
@@ -54,13 +57,9 @@ class OffloadConfig:
         self.parts()  # a policy a live cache cannot run is refused here
 
     def parts(self) -> tuple[str, str | None]:
-        base, _, source = self.policy.partition("+")
-        check_live_policy(base)
-        if source and source not in ("pregate", "markov", "mlp", "popularity"):
-            raise InvalidArgumentError(
-                f"a live run prefetches with pregate or a saved predictor (markov, mlp), not {source!r}"
-            )
-        return base, source or None
+        """(demand policy, prefetch source or None); one error line for a policy a live cache cannot run."""
+        spec = parse_live_policy(self.policy)
+        return spec.policy.name, spec.source
 
 
 @dataclass
@@ -101,14 +100,11 @@ class Offloader:
                     f"offloading needs experts on transformers' experts interface; {type(block.module).__name__} is not"
                 )
         base, self.source = config.parts()
+        self.needs_predictor = parse_live_policy(config.policy).needs_predictor
         self.num_experts, self.top_k = self.blocks[0].num_experts, self.blocks[0].top_k
         layers = len(self.blocks)
-        if config.capacity < self.top_k:
-            raise InvalidArgumentError(
-                f"capacity {config.capacity} is smaller than top-k ({self.top_k}): a token's experts must fit"
-            )
-        if config.capacity > (layers * self.num_experts if config.pool else self.num_experts):
-            raise InvalidArgumentError(f"capacity {config.capacity} is more than the experts there are to cache")
+        self.space = CacheSpace(layers, self.num_experts, config.pool)
+        check_capacity(config.capacity, self.top_k, self.space.ids)
         self.cuda = device.type == "cuda"
         self.hosts = [HostExperts(b.module, self.num_experts, pin=self.cuda) for b in self.blocks]
         if config.pool and len({(h.layout.numel, h.layout.dtype) for h in self.hosts}) != 1:
@@ -117,9 +113,9 @@ class Offloader:
             [DeviceSlots(self.hosts[0].layout, config.capacity, device)]
             if config.pool else [DeviceSlots(h.layout, config.capacity, device) for h in self.hosts]
         )  # fmt: skip
-        self.cache = SlotCache(base, config.capacity, 1 if config.pool else layers)
+        self.cache = SlotCache(base, config.capacity, self.space.caches, self.space.ids)
         self.predictor = predictor
-        if self.source in ("markov", "mlp", "popularity") and predictor is None:
+        if self.needs_predictor and predictor is None:
             raise InvalidArgumentError(
                 f"{config.policy} needs --predictor (a path predictor saved by `moetrace predict path --save`)"
             )
@@ -184,9 +180,9 @@ class Offloader:
         routed = index[rows].cpu().numpy()  # the one host copy per layer: the need-set decides the copies
         self._routing[i] = routed
         needed = np.unique(routed).tolist()
-        cache, offset, ids = self._cache_space(i)
+        cache, offset = self._cache_space(i)
         self._last_need = frozenset(offset + e for e in needed)
-        placement = self.cache.request(cache, sorted(self._last_need), ids)
+        placement = self.cache.request(cache, sorted(self._last_need))
         self.stats.hits += placement.hits
         self.stats.misses += placement.misses
         if self._decoding:
@@ -217,16 +213,13 @@ class Offloader:
                 slot = self.cache.slot_of[cache].get(offset + e)
                 if slot is not None:
                     slots.released[slot] = done
-        if self.source in ("markov", "mlp", "popularity") and i + 1 < len(self.blocks):
+        if self.needs_predictor and i + 1 < len(self.blocks):
             self._prefetch(i + 1, self._predicted(i, rows))
         return out.reshape(hidden.shape)
 
-    def _cache_space(self, block: int) -> tuple[int, int, int]:
-        """(cache, offset of this block's expert ids in it, ids in it): one per block, or one pool
-        where block b's expert e is b·E + e, as `simulate --pool` numbers them."""
-        if self.config.pool:
-            return 0, block * self.num_experts, len(self.blocks) * self.num_experts
-        return block, 0, self.num_experts
+    def _cache_space(self, block: int) -> tuple[int, int]:
+        """(cache, offset of this block's expert ids in it), numbered as `simulate` numbers them."""
+        return int(self.space.cache(block)), int(self.space.offset(block))
 
     def _copy(self, block: int, slots: DeviceSlots, loads: list[tuple[int, int]]) -> None:
         host = self.hosts[block].buffer
@@ -302,9 +295,9 @@ class Offloader:
         chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
         if self.config.prefetch_budget is not None:
             chosen = chosen[: self.config.prefetch_budget]
-        cache, offset, ids = self._cache_space(target)
+        cache, offset = self._cache_space(target)
         guard = self._last_need if self.config.pool else frozenset()  # one pool: the layer just served stays
-        loads = self.cache.prefetch(cache, [offset + int(e) for e in chosen], ids, guard)
+        loads = self.cache.prefetch(cache, [offset + int(e) for e in chosen], guard)
         self.stats.prefetch_loads += len(loads)
         self._copy(target, self.slots[cache], [(e - offset, s) for e, s in loads])
 

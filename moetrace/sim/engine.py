@@ -10,144 +10,199 @@ compare every count.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 from numba import njit
 
+from moetrace.sim.policies import get_policy
 from moetrace.sim.reference import Counts
 
 NOT_RESIDENT = -1
+GUARDED = np.iinfo(np.int64).max
+"""The rank of a guarded resident (and of an empty slot): never the smallest while any other is free."""
 
-__all__ = ["Counts", "lru_ranks", "next_needs", "run"]
+__all__ = ["Counts", "compiled", "lru_ranks", "next_needs"]
 
 
-@njit(nogil=True)
-def run(
-    hit: Any,
-    miss: Any,
-    victim: Any,
-    evict: Any,
-    insert: Any,
-    state: Any,
-    cache_of: np.ndarray,
-    offsets: np.ndarray,
-    ids: np.ndarray,
-    upcoming: np.ndarray,
-    pf_cache: np.ndarray,
-    pf_offsets: np.ndarray,
-    pf_ids: np.ndarray,
-    n_caches: int,
-    n_ids: int,
-    capacity: int,
-    transfer_s: float,
-    layer_s: float,
-) -> tuple[int, int, int, int, int, int, float, float]:
-    never = len(cache_of) + 1
-    slot = np.full((n_caches, n_ids), NOT_RESIDENT, np.int64)
-    residents = np.full((n_caches, capacity), NOT_RESIDENT, np.int64)
-    count = np.zeros(n_caches, np.int64)
-    guarded = np.zeros((n_caches, n_ids), np.bool_)
-    prefetched = np.zeros((n_caches, n_ids), np.bool_)
-    ready = np.zeros((n_caches, n_ids), np.float64)
-    hits = misses = streamed = pf_loads = useful = wasted = 0
-    now = copy_free = stall = 0.0
-    for r in range(len(cache_of)):
-        c = cache_of[r]
-        start, end = offsets[r], offsets[r + 1]
-        # 1. count hits and misses before anything moves; guard the need-set
-        starts_at = now
-        missing = 0
-        for j in range(start, end):
-            x = ids[j]
-            guarded[c, x] = True
-            if slot[c, x] != NOT_RESIDENT:
-                hits += 1
-                if prefetched[c, x]:
-                    useful += 1
-                    prefetched[c, x] = False
-                if ready[c, x] > starts_at:
-                    starts_at = ready[c, x]  # prefetched, still in flight
-            else:
-                misses += 1
-                missing += 1
-        if missing > 0:
-            copy_free = max(now, copy_free) + missing * transfer_s
-            starts_at = max(starts_at, copy_free)
-        # 2. serve the need-set in ascending id order
-        for j in range(start, end):
-            x = ids[j]
-            if slot[c, x] != NOT_RESIDENT:
-                hit(state, c, x, r, upcoming[j])
-                continue
-            s = NOT_RESIDENT
-            if miss(state, c, x, r):
-                s = _slot_for(victim, evict, state, c, x, guarded, residents, count, slot, capacity)
-            if s == NOT_RESIDENT:
-                streamed += 1
-                continue
-            old = residents[c, s]
-            if old != NOT_RESIDENT and prefetched[c, old]:  # evicting a prefetch that was never used
-                wasted += 1
-                prefetched[c, old] = False
-            residents[c, s] = x
-            slot[c, x] = s
-            insert(state, c, x, r, upcoming[j], True)
-            ready[c, x] = copy_free
-        for j in range(start, end):
-            guarded[c, ids[j]] = False
-        stall += starts_at - now
-        now = starts_at
-        # 3. prefetch for a later request, overlapping this layer's compute
-        t = pf_cache[r]
-        if t >= 0:
-            first, last = pf_offsets[r], pf_offsets[r + 1]
-            for j in range(first, last):
-                guarded[t, pf_ids[j]] = True
-            if t == c:  # one pool: the need-set just served stays
-                for j in range(start, end):
-                    guarded[c, ids[j]] = True
-            for j in range(first, last):
-                x = pf_ids[j]
-                if slot[t, x] != NOT_RESIDENT:
+@functools.cache
+def compiled(name: str) -> Any:
+    """The engine with policy `name`'s hooks compiled in (once per process)."""
+    return _build(*(get_policy(name).hook(hook) for hook in HOOK_ORDER))
+
+
+HOOK_ORDER = ("hit", "miss", "key", "victim", "evict", "insert")
+
+
+def _build(hit: Any, miss: Any, key: Any, victim: Any, evict: Any, insert: Any) -> Any:
+    """The engine's loop with these hooks as constants (numba inlines them)."""
+
+    @njit(nogil=True)
+    def run(
+        ranked: bool,
+        state: Any,
+        cache_of: np.ndarray,
+        offsets: np.ndarray,
+        ids: np.ndarray,
+        upcoming: np.ndarray,
+        pf_cache: np.ndarray,
+        pf_offsets: np.ndarray,
+        pf_ids: np.ndarray,
+        n_caches: int,
+        n_ids: int,
+        capacity: int,
+        transfer_s: float,
+        layer_s: float,
+    ) -> tuple[int, int, int, int, int, int, float, float]:
+        """Replay requests (`cache_of`, need-sets `ids[offsets[r]:offsets[r+1]]`) with prefetches after
+        them; a `ranked` policy's keys are kept beside the slots (GUARDED while guarded), so its victim
+        is one scan for the smallest."""
+        never = len(cache_of) + 1
+        slot = np.full((n_caches, n_ids), NOT_RESIDENT, np.int64)
+        residents = np.full((n_caches, capacity), NOT_RESIDENT, np.int64)
+        rank = np.full((n_caches, capacity), GUARDED, np.int64)
+        count = np.zeros(n_caches, np.int64)
+        guarded = np.zeros((n_caches, n_ids), np.bool_)
+        prefetched = np.zeros((n_caches, n_ids), np.bool_)
+        ready = np.zeros((n_caches, n_ids), np.float64)
+        hits = misses = streamed = pf_loads = useful = wasted = 0
+        now = copy_free = stall = 0.0
+        any_prefetch = len(pf_ids) > 0
+        for r in range(len(cache_of)):
+            c = cache_of[r]
+            start, end = offsets[r], offsets[r + 1]
+            # 1. count hits and misses before anything moves; guard the need-set
+            starts_at = now
+            missing = 0
+            for j in range(start, end):
+                x = ids[j]
+                guarded[c, x] = True
+                s = slot[c, x]
+                if s != NOT_RESIDENT:
+                    rank[c, s] = GUARDED
+                    hits += 1
+                    if any_prefetch:
+                        if prefetched[c, x]:
+                            useful += 1
+                            prefetched[c, x] = False
+                        if ready[c, x] > starts_at:
+                            starts_at = ready[c, x]  # prefetched, still in flight
+                else:
+                    misses += 1
+                    missing += 1
+            if missing > 0:
+                copy_free = max(now, copy_free) + missing * transfer_s
+                starts_at = max(starts_at, copy_free)
+            # 2. serve the need-set in ascending id order
+            for j in range(start, end):
+                x = ids[j]
+                if slot[c, x] != NOT_RESIDENT:
+                    hit(state, c, x, r, upcoming[j])
                     continue
-                s = _slot_for(victim, evict, state, t, x, guarded, residents, count, slot, capacity)
+                s = NOT_RESIDENT
+                if miss(state, c, x, r):
+                    s = _slot_for(
+                        key, victim, evict, ranked, state, c, x, guarded, residents, rank, count, slot, capacity
+                    )
                 if s == NOT_RESIDENT:
-                    break
-                old = residents[t, s]
-                if old != NOT_RESIDENT and prefetched[t, old]:
+                    streamed += 1
+                    continue
+                old = residents[c, s]
+                if old != NOT_RESIDENT and prefetched[c, old]:  # evicting a prefetch that was never used
                     wasted += 1
-                    prefetched[t, old] = False
-                residents[t, s] = x
-                slot[t, x] = s
-                insert(state, t, x, r, never, False)
-                prefetched[t, x] = True
-                pf_loads += 1
-                copy_free = max(now, copy_free) + transfer_s
-                ready[t, x] = copy_free
-            for j in range(first, last):
-                guarded[t, pf_ids[j]] = False
-            if t == c:
-                for j in range(start, end):
-                    guarded[c, ids[j]] = False
-        now += layer_s
-    for c in range(n_caches):
-        for s in range(count[c]):
-            if prefetched[c, residents[c, s]]:
-                wasted += 1
-    return hits, misses, streamed, pf_loads, useful, wasted, stall, now
+                    prefetched[c, old] = False
+                residents[c, s] = x
+                slot[c, x] = s
+                rank[c, s] = GUARDED
+                insert(state, c, x, r, upcoming[j], True)
+                ready[c, x] = copy_free
+            _release(key, ranked, state, c, ids, start, end, guarded, slot, rank)
+            stall += starts_at - now
+            now = starts_at
+            # 3. prefetch for a later request, overlapping this layer's compute
+            t = pf_cache[r]
+            if t >= 0:
+                first, last = pf_offsets[r], pf_offsets[r + 1]
+                _guard(t, pf_ids, first, last, guarded, slot, rank)
+                if t == c:  # one pool: the need-set just served stays
+                    _guard(c, ids, start, end, guarded, slot, rank)
+                for j in range(first, last):
+                    x = pf_ids[j]
+                    if slot[t, x] != NOT_RESIDENT:
+                        continue
+                    s = _slot_for(
+                        key, victim, evict, ranked, state, t, x, guarded, residents, rank, count, slot, capacity
+                    )
+                    if s == NOT_RESIDENT:
+                        break
+                    old = residents[t, s]
+                    if old != NOT_RESIDENT and prefetched[t, old]:
+                        wasted += 1
+                        prefetched[t, old] = False
+                    residents[t, s] = x
+                    slot[t, x] = s
+                    rank[t, s] = GUARDED
+                    insert(state, t, x, r, never, False)
+                    prefetched[t, x] = True
+                    pf_loads += 1
+                    copy_free = max(now, copy_free) + transfer_s
+                    ready[t, x] = copy_free
+                _release(key, ranked, state, t, pf_ids, first, last, guarded, slot, rank)
+                if t == c:
+                    _release(key, ranked, state, c, ids, start, end, guarded, slot, rank)
+            now += layer_s
+        for c in range(n_caches):
+            for s in range(count[c]):
+                if prefetched[c, residents[c, s]]:
+                    wasted += 1
+        return hits, misses, streamed, pf_loads, useful, wasted, stall, now
+
+    return run
 
 
 @njit(inline="always")
-def _slot_for(victim, evict, state, c, x, guarded, residents, count, slot, capacity):  # type: ignore[no-untyped-def]
+def _guard(c, xs, first, last, guarded, slot, rank):  # type: ignore[no-untyped-def]
+    """Guard xs[first:last]: no victim among them."""
+    for j in range(first, last):
+        x = xs[j]
+        guarded[c, x] = True
+        if slot[c, x] != NOT_RESIDENT:
+            rank[c, slot[c, x]] = GUARDED
+
+
+@njit(inline="always")
+def _release(key, ranked, state, c, xs, first, last, guarded, slot, rank):  # type: ignore[no-untyped-def]
+    """Unguard xs[first:last]; residents among them take their (possibly new) keys."""
+    for j in range(first, last):
+        x = xs[j]
+        guarded[c, x] = False
+        if ranked and slot[c, x] != NOT_RESIDENT:
+            rank[c, slot[c, x]] = key(state, c, x)
+
+
+@njit(inline="always")
+def _slot_for(key, victim, evict, ranked, state, c, x, guarded, residents, rank, count, slot, capacity):  # type: ignore[no-untyped-def]
     """A free slot of cache c, or the slot of the policy's victim (evicted now); −1 when every
     resident is guarded."""
     if count[c] < capacity:
         count[c] += 1
         return count[c] - 1
-    v = victim(state, c, x, guarded, residents[c], capacity)
-    if v == NOT_RESIDENT:
-        return NOT_RESIDENT
+    if ranked:
+        row = rank[c]
+        best = 0
+        best_rank = row[0]
+        for s in range(1, capacity):
+            if row[s] < best_rank:
+                best = s
+                best_rank = row[s]
+        if best_rank == GUARDED:
+            return NOT_RESIDENT
+        v = residents[c, best]
+    else:
+        v = victim(state, c, x, guarded, residents[c], capacity)
+        if v == NOT_RESIDENT:
+            return NOT_RESIDENT
     evict(state, c, v)
     s = slot[c, v]
     slot[c, v] = NOT_RESIDENT

@@ -171,7 +171,11 @@ class ReferenceCache:
         if self.count[cache] < self.capacity:
             self.count[cache] += 1
             return self.count[cache] - 1
-        victim = int(self.hooks["victim"](self.state, cache, x, self.guarded, self.residents[cache], self.capacity))
+        if self.policy.ranked:
+            free = [int(y) for y in self.residents[cache] if not self.guarded[cache, y]]
+            victim = min(free, key=lambda y: self.hooks["key"](self.state, cache, y)) if free else NOT_RESIDENT
+        else:
+            victim = int(self.hooks["victim"](self.state, cache, x, self.guarded, self.residents[cache], self.capacity))
         if victim == NOT_RESIDENT:
             return NOT_RESIDENT
         assert victim in self.slot_of[cache] and not self.guarded[cache, victim], f"{self.policy.name}: bad victim"

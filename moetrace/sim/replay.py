@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moetrace.sim.engine import next_needs, run
+from moetrace.sim.engine import compiled, next_needs
 from moetrace.sim.policies import Policy, get_policy
 from moetrace.sim.reference import Counts, check_capacity
 from moetrace.sim.stream import Stream
@@ -115,9 +115,9 @@ def replay_arrays(
     if prefetch is None:
         prefetch = (np.full(requests, -1, np.int64), np.zeros(requests + 1, np.int64), np.zeros(0, np.int64))
     state = policy.state(n_caches, n_ids, capacity, warm)
-    hooks = [policy.hook(name) for name in ("hit", "miss", "victim", "evict", "insert")]
     arrays = (cache_of, offsets, ids, upcoming, *prefetch)
-    result = run(*hooks, state, *arrays, n_caches, n_ids, int(capacity), float(transfer_s), float(layer_s))  # type: ignore[call-arg]
+    sizes = (n_caches, n_ids, int(capacity), float(transfer_s), float(layer_s))
+    result = compiled(policy.name)(policy.ranked, state, *arrays, *sizes)
     return Counts(*result)
 
 

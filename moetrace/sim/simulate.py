@@ -18,6 +18,7 @@ from moetrace.sim.reference import Counts, check_capacity
 from moetrace.sim.replay import Prefetch, cache_layout, replay
 from moetrace.sim.stream import ORDERS, Stream, build_stream
 from moetrace.trace.reader import Trace
+from moetrace.trace.schema import PHASES
 
 #: progress(jobs_done, jobs_total, description)
 Progress = Callable[[int, int, str], None]
@@ -64,6 +65,8 @@ class SimConfig:
             raise InvalidArgumentError(f"--layer-time must be 0 or more, got {self.layer_time:g} s")
         if not self.capacities or min(self.capacities) < 1:
             raise InvalidArgumentError(f"--capacity must be at least 1, got {list(self.capacities)}")
+        if self.phase is not None and self.phase not in PHASES:
+            raise InvalidArgumentError(f"--phase must be one of {', '.join(PHASES)}, got {self.phase!r}")
         if self.order not in ORDERS:
             raise InvalidArgumentError(f"--order must be one of {', '.join(ORDERS)}, got {self.order!r}")
         if self.expert_bytes is not None and self.expert_bytes < 1:

@@ -33,6 +33,8 @@ class PathPredictor:
     name: ClassVar[str] = ""
     max_lookahead: ClassVar[int | None] = None
     """The largest lookahead the method can answer (None: any)."""
+    needs_fit: ClassVar[bool] = True
+    """Fitted on a trace and saved (`predict path --save`); False: read from what the run records."""
 
     def __init__(self, **options: Any) -> None:
         self.options = options

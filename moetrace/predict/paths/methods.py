@@ -88,6 +88,7 @@ class Pregate(PathPredictor):
     """The next MoE layer's router applied to this layer's output, as `record --pregate` stored it."""
 
     max_lookahead = 1
+    needs_fit = False
 
     def fit(self, data: PathData, lookaheads: tuple[int, ...]) -> None:
         super().fit(data, lookaheads)

@@ -12,12 +12,19 @@ of N is *guarded*: never a victim while r is served):
 - for each x of N, ascending:
   - x resident (a hit): `hit(state, c, x, r, next_need)`;
   - x not resident (a miss): `miss(state, c, x, r)` says whether to keep x (False: x is loaded for
-    this request only, it *streams*). A kept x takes a free slot, or, when the cache is full, the
-    slot of `victim(state, c, x, guarded, residents, count)`: a resident not guarded (−1 when every
-    resident is guarded: x streams), then `evict(state, c, victim)`; then
-    `insert(state, c, x, r, next_need, True)`.
+    this request only, it *streams*). A kept x takes a free slot or, when the cache is full, the
+    slot of a victim: a resident not guarded (none when every resident is guarded: x streams),
+    then `evict(state, c, victim)`; then `insert(state, c, x, r, next_need, True)`.
 - a prefetch of x into cache c after request r is a kept miss without `miss`:
   `insert(state, c, x, r, never, False)` (`demand` False; its next need unknown).
+
+A policy names its victim in one of two ways:
+
+- `key(state, c, x)`: a rank, unique per expert (fold the id in to break ties); the victim is the
+  unguarded resident with the smallest key. A key may change only when its own expert is touched
+  (hit, insert), so the engine keeps it beside the slot and finds the victim with one scan;
+- `victim(state, c, x, guarded, residents, count)`: the policy walks its own structures (queues,
+  clocks, ghost lists) and returns a resident not guarded, or −1.
 
 `next_need` is the request index of x's next need in cache c (`never` = requests + 1) for policies
 that know the future (`knows = "future"`), else 0. `guarded` is a bool array (caches, ids);
@@ -25,8 +32,9 @@ that know the future (`knows = "future"`), else 0. `guarded` is a bool array (ca
 each expert's needs in the first share of the stream.
 
 A policy class sets `name` and its docstring (first line: the rule, shown by `--help`), defines
-`state(n_caches, n_ids, capacity, warm)` (plain Python) and `victim`, and any of `hit`, `miss`,
-`evict`, `insert` (the others do nothing). Adding a policy is one module here plus one golden test.
+`state(n_caches, n_ids, capacity, warm)` (plain Python), `key` or `victim`, and any of `hit`,
+`miss`, `evict`, `insert` (the others do nothing). Adding a policy is one module here plus one
+golden test.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from numba import njit
 
 from moetrace.errors import InvalidArgumentError
 
-HOOKS = ("hit", "miss", "victim", "evict", "insert")
+HOOKS = ("hit", "miss", "key", "victim", "evict", "insert")
 ALL = "all"
 """`--policy all`: every registered policy that the given inputs allow."""
 
@@ -67,7 +75,17 @@ def _insert(state, c, x, r, next_need, demand):  # type: ignore[no-untyped-def]
     pass
 
 
-_DEFAULT_HOOKS = {"hit": _hit, "miss": _miss, "evict": _evict, "insert": _insert}
+@njit(inline="always")
+def _key(state, c, x):  # type: ignore[no-untyped-def]
+    return 0
+
+
+@njit(inline="always")
+def _victim(state, c, x, guarded, residents, count):  # type: ignore[no-untyped-def]
+    return -1
+
+
+_DEFAULT_HOOKS = {"hit": _hit, "miss": _miss, "key": _key, "victim": _victim, "evict": _evict, "insert": _insert}
 
 
 @dataclass(frozen=True)
@@ -83,6 +101,8 @@ class Policy:
     """name -> numba dispatcher, for each of HOOKS (defaults where the class defines none)."""
     knows: str | None = None
     """None (online), "future" (next need of each access: a bound) or "warmup" (needs in a first share)."""
+    ranked: bool = False
+    """The victim is the unguarded resident with the smallest `key` (else the policy's `victim` hook)."""
 
     @property
     def bound(self) -> bool:
@@ -114,16 +134,17 @@ def register_policy(cls: type) -> type:
     for hook in HOOKS:
         function = cls.__dict__.get(hook)
         if function is None:
-            if hook == "victim":
-                raise TypeError(f"policy {cls.__name__} defines no victim")
             hooks[hook] = _DEFAULT_HOOKS[hook]
         else:
-            hooks[hook] = njit(function.__func__ if isinstance(function, staticmethod) else function)
+            hooks[hook] = njit(inline="always")(function.__func__ if isinstance(function, staticmethod) else function)
     doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
     state = cls.__dict__["state"]
     state = state.__func__ if isinstance(state, staticmethod) else state
     name = cls.name  # type: ignore[attr-defined]
-    POLICIES[name] = Policy(name, doc, state, hooks, getattr(cls, "knows", None))
+    ranked = "key" in cls.__dict__
+    if ranked == ("victim" in cls.__dict__):
+        raise TypeError(f"policy {name} must define exactly one of key and victim")
+    POLICIES[name] = Policy(name, doc, state, hooks, getattr(cls, "knows", None), ranked)
     return cls
 
 

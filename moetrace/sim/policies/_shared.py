@@ -1,5 +1,5 @@
-"""What several policies' hooks share (numba-compiled; not a policy): choosing the unguarded
-resident with the smallest key, and queues of expert ids kept as doubly linked lists in arrays."""
+"""What several policies' hooks share (numba-compiled; not a policy): queues of expert ids kept as
+doubly linked lists in arrays, and counting the residents that may be evicted."""
 
 from __future__ import annotations
 
@@ -7,19 +7,6 @@ import numpy as np
 from numba import njit
 
 NONE = -1
-
-
-@njit(inline="always")
-def smallest(key, c, guarded, residents, count):  # type: ignore[no-untyped-def]
-    """The unguarded resident of cache c with the smallest (key[c, x], x); −1 if all are guarded."""
-    best = NONE
-    for s in range(count):
-        x = residents[s]
-        if guarded[c, x]:
-            continue
-        if best == NONE or key[c, x] < key[c, best] or (key[c, x] == key[c, best] and x < best):
-            best = x
-    return best
 
 
 def queues(n_caches: int, n_ids: int, n_queues: int) -> tuple[np.ndarray, ...]:

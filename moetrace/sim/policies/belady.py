@@ -1,5 +1,5 @@
 """belady: evict the resident whose next need in this cache is farthest away (never needed again
-first); ties: the smallest id. The optimal demand policy: an upper bound for every other one. A
+first); ties: the smallest id. Optimal among policies that keep every missed expert: their bound. A
 prefetched expert's next need counts as never until it is used."""
 
 import numpy as np
@@ -27,13 +27,5 @@ class Belady:
         state[0][c, x] = next_need
 
     @staticmethod
-    def victim(state, c, x, guarded, residents, count):  # type: ignore[no-untyped-def]
-        upcoming = state[0]
-        best = -1
-        for s in range(count):
-            y = residents[s]
-            if guarded[c, y]:
-                continue
-            if best < 0 or upcoming[c, y] > upcoming[c, best] or (upcoming[c, y] == upcoming[c, best] and y < best):
-                best = y
-        return best
+    def key(state, c, x):  # type: ignore[no-untyped-def]
+        return x - state[0][c, x] * state[0].shape[1]  # the farthest next need first; ties: the smallest id

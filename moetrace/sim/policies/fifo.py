@@ -3,7 +3,6 @@
 import numpy as np
 
 from moetrace.sim.policies import register_policy
-from moetrace.sim.policies._shared import smallest
 
 
 @register_policy
@@ -21,5 +20,5 @@ class FIFO:
         state[0][c, x] = r
 
     @staticmethod
-    def victim(state, c, x, guarded, residents, count):  # type: ignore[no-untyped-def]
-        return smallest(state[0], c, guarded, residents, count)
+    def key(state, c, x):  # type: ignore[no-untyped-def]
+        return state[0][c, x] * state[0].shape[1] + x
