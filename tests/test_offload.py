@@ -56,7 +56,8 @@ def decode_rows(trace_dir) -> int:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("family", "policy", "capacity", "pool"),
     [("mixtral", "lru", 3, False), ("qwen3_moe", "fifo", 2, False), ("deepseek_v3", "lfu", 5, False),
-     ("deepseek_v3", "lru", 12, True)],
+     ("deepseek_v3", "lru", 12, True), ("mixtral", "sieve", 3, False), ("qwen3_moe", "s3fifo", 3, False),
+     ("deepseek_v3", "arc", 10, True)],
 )  # fmt: skip
 def test_offloaded_run_generates_the_same_and_counts_what_simulate_counts(
     models, family, policy, capacity, pool, tmp_path
