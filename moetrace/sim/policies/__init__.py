@@ -115,6 +115,11 @@ class Policy:
         return self.knows is None
 
     @property
+    def needs(self) -> str:
+        """What it needs beyond what has happened, in words ('' for an online policy)."""
+        return {None: "", "future": "it knows the future", "warmup": "it learns from the stream it replays"}[self.knows]
+
+    @property
     def prefetchable(self) -> bool:
         """Can be combined with a prefetch source (`name+source`)."""
         return self.knows is None
@@ -218,7 +223,7 @@ def parse_policy(text: str) -> PolicySpec:
         raise InvalidArgumentError(f"unknown prefetch source {source!r} in {text!r}; known: {', '.join(sources)}")
     if not policy.prefetchable:
         usable = ", ".join(p.name for p in registered() if p.prefetchable)
-        raise InvalidArgumentError(f"{base} takes no prefetch source ({policy.doc}); prefetching takes {usable}")
+        raise InvalidArgumentError(f"{base} takes no prefetch source ({policy.needs}); prefetching takes {usable}")
     return PolicySpec(text, policy, source)
 
 
@@ -227,8 +232,11 @@ def parse_live_policy(text: str) -> PolicySpec:
     spec = parse_policy(text)
     if not spec.live:
         live = ", ".join(p.name for p in registered() if p.live)
-        why = "prefetches from the future" if spec.policy.live else spec.policy.doc
-        raise InvalidArgumentError(f"a live cache cannot run {text!r} ({why}); it runs {live}, + a predictor")
+        why = "it prefetches from the future" if spec.policy.live else spec.policy.needs
+        raise InvalidArgumentError(
+            f"a live cache cannot run {text!r} ({why}); it runs {live}, each optionally +pregate or +METHOD "
+            "of a saved path predictor"
+        )
     return spec
 
 
