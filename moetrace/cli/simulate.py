@@ -57,22 +57,16 @@ def simulate_command(
 ) -> None:
     """Replay a trace against expert-cache policies: hit rates, bytes moved and time per token."""
     from moetrace.cli.progress import StageProgress
-    from moetrace.errors import InvalidArgumentError
-    from moetrace.sim.simulate import SimConfig, simulate
+    from moetrace.sim.simulate import SimConfig, capacity_for_memory, simulate
     from moetrace.trace.reader import open_trace
 
     opened = open_trace(trace)
     if gpu_memory is not None:
-        size = expert_bytes or opened.meta.model.expert_bytes
-        if not size:
-            raise InvalidArgumentError(
-                "--gpu-memory needs the size of an expert: the trace has none, give --expert-bytes"
-            )
-        slots = int(parse_size(gpu_memory, "--gpu-memory") // size)
-        capacities: tuple[int, ...] = (slots,) if pool else (slots // len(opened.meta.model.moe_layers),)
-        console.print(
-            f"{gpu_memory} holds {slots:,} experts of {size:,} bytes: capacity {capacities[0]}{' in one pool' if pool else ' per layer'}"
+        capacities: tuple[int, ...] = (
+            capacity_for_memory(opened, parse_size(gpu_memory, "--gpu-memory"), pool, expert_bytes),
         )
+        where = "in one pool" if pool else "per layer"
+        console.print(f"{gpu_memory} of experts: capacity {capacities[0]:,} {where}")
     else:
         capacities = parse_ints(capacity, "--capacity")
     config = SimConfig(

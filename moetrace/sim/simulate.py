@@ -90,6 +90,15 @@ class SimConfig:
                 parse_policy(name)
 
 
+def capacity_for_memory(trace: Trace, memory_bytes: float, pool: bool, expert_bytes: int | None = None) -> int:
+    """How many experts `memory_bytes` of device memory hold: in one pool, or per layer."""
+    size = expert_bytes or trace.meta.model.expert_bytes
+    if not size:
+        raise InvalidArgumentError("--gpu-memory needs the size of an expert: the trace has none, give --expert-bytes")
+    slots = int(memory_bytes // size)
+    return slots if pool else slots // len(trace.meta.model.moe_layers)
+
+
 def expand_policies(names: tuple[str, ...], trace: Trace, predictor: str | None) -> list[PolicySpec]:
     """The policies to replay: `all` becomes every registered policy, `lru+oracle`, `lru+pregate` when
     the trace recorded pre-gating, and `lru+METHOD` for a given predictor; duplicates dropped."""
