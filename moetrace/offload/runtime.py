@@ -99,8 +99,8 @@ class Offloader:
                 raise NotAMoEModelError(
                     f"offloading needs experts on transformers' experts interface; {type(block.module).__name__} is not"
                 )
-        base, self.source = config.parts()
-        self.needs_predictor = parse_live_policy(config.policy).needs_predictor
+        spec = parse_live_policy(config.policy)
+        base, self.source, self.needs_predictor = spec.policy.name, spec.source, spec.needs_predictor
         self.num_experts, self.top_k = self.blocks[0].num_experts, self.blocks[0].top_k
         layers = len(self.blocks)
         self.space = CacheSpace(layers, self.num_experts, config.pool)

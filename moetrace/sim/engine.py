@@ -17,13 +17,12 @@ import numpy as np
 from numba import njit
 
 from moetrace.sim.policies import get_policy
-from moetrace.sim.reference import Counts
 
 NOT_RESIDENT = -1
 GUARDED = np.iinfo(np.int64).max
 """The rank of a guarded resident (and of an empty slot): never the smallest while any other is free."""
 
-__all__ = ["Counts", "compiled", "lru_ranks", "next_needs"]
+__all__ = ["compiled", "lru_ranks", "next_needs"]
 
 
 @functools.cache
