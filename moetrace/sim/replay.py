@@ -105,20 +105,88 @@ def replay_arrays(
     warm_share: float = 0.2,
 ) -> Counts:
     """The engine over flat arrays in cache space; `prefetch` = (target cache per request, offsets, ids)."""
-    requests = len(cache_of)
-    upcoming = (
-        next_needs(cache_of, offsets, ids, n_caches, n_ids)
-        if policy.knows == "future"
-        else np.zeros(len(ids), np.int64)
-    )
+    upcoming = next_needs(cache_of, offsets, ids, n_caches, n_ids) if policy.knows == "future" else None
     warm = warm_needs(cache_of, offsets, ids, n_caches, n_ids, warm_share) if policy.knows == "warmup" else None
-    if prefetch is None:
-        prefetch = (np.full(requests, -1, np.int64), np.zeros(requests + 1, np.int64), np.zeros(0, np.int64))
-    state = policy.state(n_caches, n_ids, capacity, warm)
-    arrays = (cache_of, offsets, ids, upcoming, *prefetch)
-    sizes = (n_caches, n_ids, int(capacity), float(transfer_s), float(layer_s))
-    result = compiled(policy.name)(policy.ranked, state, *arrays, *sizes)
-    return Counts(*result)
+    run = Replay(policy, capacity, n_caches, n_ids, warm=warm, transfer_s=transfer_s, layer_s=layer_s,
+                 never=len(cache_of) + 1)  # fmt: skip
+    run.feed(cache_of, offsets, ids, upcoming=upcoming, prefetch=prefetch)
+    return run.counts()
+
+
+class Replay:
+    """One policy at one capacity, fed a stream chunk by chunk: the counts equal one long replay, and
+    memory is the caches' tables plus one chunk."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        capacity: int,
+        n_caches: int,
+        n_ids: int,
+        *,
+        warm: np.ndarray | None = None,
+        transfer_s: float = 0.0,
+        layer_s: float = 0.0,
+        never: int = 2**40,
+    ) -> None:
+        if policy.knows == "warmup" and warm is None:
+            raise ValueError(f"policy {policy.name} learns from a warm-up share: give `warm`")
+        self.policy = policy
+        self.capacity = int(capacity)
+        self.kernel = compiled(policy.name)
+        self.state = policy.state(n_caches, n_ids, capacity, warm)
+        self.never = int(never)
+        """The request index that stands for "never needed again" (all requests + 1)."""
+        self.timing = (float(transfer_s), float(layer_s))
+        self.requests = 0
+        self.prefetching = False
+        """A prefetch has been planned: from then on the kernel tracks what prefetches did."""
+        self.slot = np.full((n_caches, n_ids), -1, np.int64)
+        self.residents = np.full((n_caches, capacity), -1, np.int64)
+        self.rank = np.full((n_caches, capacity), np.iinfo(np.int64).max, np.int64)
+        self.count = np.zeros(n_caches, np.int64)
+        self.guarded = np.zeros((n_caches, n_ids), np.bool_)
+        self.prefetched = np.zeros((n_caches, n_ids), np.bool_)
+        self.ready = np.zeros((n_caches, n_ids), np.float64)
+        self.totals = np.zeros(6, np.int64)
+        self.clock = np.zeros(3, np.float64)
+
+    def feed(
+        self,
+        cache_of: np.ndarray,
+        offsets: np.ndarray,
+        ids: np.ndarray,
+        *,
+        upcoming: np.ndarray | None = None,
+        prefetch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Replay the next requests (offsets from 0 within the chunk); `upcoming` holds each access's next
+        need as a request index over the whole stream (policies that know the future)."""
+        requests = len(cache_of)
+        if self.policy.knows == "future" and upcoming is None:
+            raise ValueError(f"policy {self.policy.name} knows the future: give `upcoming`")
+        if upcoming is None:
+            upcoming = _NO_FUTURE
+        if prefetch is None:
+            prefetch = (_NO_TARGETS, _NO_OFFSETS, _NO_FUTURE)
+        self.prefetching = self.prefetching or len(prefetch[2]) > 0
+        arrays = (np.asarray(cache_of, np.int64), np.asarray(offsets, np.int64), np.asarray(ids, np.int64))
+        self.kernel(self.state, *arrays, upcoming, *prefetch, self.prefetching, self.requests, self.never, self.capacity, *self.timing,
+                    self.slot, self.residents, self.rank, self.count, self.guarded, self.prefetched, self.ready,
+                    self.totals, self.clock)  # fmt: skip
+        self.requests += requests
+
+    def counts(self) -> Counts:
+        """The counts so far; a prefetch still resident and never used counts as wasted."""
+        unused = sum(int(self.prefetched[c, self.residents[c, : self.count[c]]].sum()) for c in range(len(self.count)))
+        hits, misses, streamed, pf_loads, useful, wasted = (int(v) for v in self.totals)
+        now, _, stall = (float(v) for v in self.clock)
+        return Counts(hits, misses, streamed, pf_loads, useful, wasted + unused, stall, now)
+
+
+_NO_FUTURE = np.zeros(0, np.int64)
+_NO_TARGETS = np.full(0, -1, np.int64)
+_NO_OFFSETS = np.zeros(1, np.int64)
 
 
 def _prefetch_space(

@@ -88,6 +88,18 @@ def _victim(state, c, x, guarded, residents, count):  # type: ignore[no-untyped-
 _DEFAULT_HOOKS = {"hit": _hit, "miss": _miss, "key": _key, "victim": _victim, "evict": _evict, "insert": _insert}
 
 
+def kernel_hooks(name: str) -> tuple[Any, ...]:
+    """What the replay kernel compiles in for policy `name`: its hooks in HOOKS order, whether it is
+    ranked (a key per resident) and whether it knows the future (reads each access's next need)."""
+    policy = get_policy(name)
+    return (*(policy.hooks[hook] for hook in HOOKS), policy.ranked, policy.knows == "future")
+
+
+def default_hooks() -> tuple[Any, ...]:
+    """The do-nothing hooks in HOOKS order, ranked, not knowing the future: the kernel template's."""
+    return (*(_DEFAULT_HOOKS[hook] for hook in HOOKS), True, False)
+
+
 @dataclass(frozen=True)
 class Policy:
     """A registered eviction policy: its rule as compiled hooks, and what it needs to run."""
