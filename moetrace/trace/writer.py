@@ -1,7 +1,9 @@
 """Streaming, crash-safe trace writing.
 
 Rows are buffered in numpy arrays and flushed to a new Parquet part every `flush_rows` rows, so
-memory does not grow with the run. Each part is written under a temporary name and renamed when
+memory does not grow with the run, and also once the oldest buffered row has waited `flush_seconds`
+(checked at each write), so a killed run loses at most its last ~30 s even where a part takes
+minutes to fill. Each part is written under a temporary name and renamed when
 complete; `meta.json` says `complete: false` until `close()`. A process killed at any moment leaves
 a trace whose complete parts all read back.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from moetrace.trace.meta import TraceMeta, write_meta
 from moetrace.trace.schema import LOAD_DIR, LOAD_SCHEMA, META_FILE, PHASES, ROUTES_DIR, routes_schema
 
 DEFAULT_FLUSH_ROWS = 262_144
+DEFAULT_FLUSH_SECONDS = 30.0
 _COMPRESSION = "zstd"
 
 
@@ -81,12 +85,20 @@ class _PartBuffer:
         self.lengths: list[int] = []
         self.rows = 0
         self.parts = 0
+        self.since = 0.0
+        """time.monotonic() when the oldest buffered row arrived."""
 
     def append(self, columns: dict[str, Any], rows: int) -> None:
+        if self.rows == 0:
+            self.since = time.monotonic()
         for name, chunks in self.columns.items():
             chunks.append(columns.get(name))
         self.lengths.append(rows)
         self.rows += rows
+
+    def due(self, flush_rows: int, flush_seconds: float) -> bool:
+        """Whether the buffer holds a part's worth of rows, or rows that have waited long enough."""
+        return self.rows >= flush_rows or (self.rows > 0 and time.monotonic() - self.since >= flush_seconds)
 
     def flush(self) -> None:
         if self.rows == 0:
@@ -140,11 +152,14 @@ class TraceWriter:
         weights_type: pa.DataType = pa.float32(),
         extra_columns: tuple[str, ...] = (),
         flush_rows: int = DEFAULT_FLUSH_ROWS,
+        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
         force: bool = False,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.meta = meta
         self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        """A buffered row is written at the first write call after it has waited this long."""
         self.write_dir = prepare_output_dir(self.out_dir, force)
         """`out_dir`, or the staging directory while the trace replaces one already there."""
         (self.write_dir / ROUTES_DIR).mkdir()
@@ -188,8 +203,7 @@ class TraceWriter:
         }
         self._routes.append(columns, rows)
         self.rows_written += rows
-        if self._routes.rows >= self.flush_rows:
-            self._routes.flush()
+        self._flush_due()
 
     def write_load(
         self, *, step: np.ndarray | int, phase: str, layer: np.ndarray, expert: np.ndarray, tokens: np.ndarray
@@ -206,8 +220,12 @@ class TraceWriter:
             "tokens": tokens,
         }
         self._load.append(columns, rows)
-        if self._load.rows >= self.flush_rows:
-            self._load.flush()
+        self._flush_due()
+
+    def _flush_due(self) -> None:
+        for buffer in (self._routes, self._load):
+            if buffer.due(self.flush_rows, self.flush_seconds):
+                buffer.flush()
 
     def flush(self) -> None:
         self._routes.flush()
