@@ -57,6 +57,16 @@ Predictor = Annotated[
     typer.Option(help="A path predictor saved by `moetrace predict path --save` (for lru+markov, lru+mlp)."),
 ]
 PrefetchBudget = Annotated[int | None, typer.Option(help="Experts prefetched per layer at most.")]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Run the independent jobs on the Ray cluster at ADDRESS (host:port, ray://host:port or auto); "
+        "`local` starts a Ray instance on this machine. Needs the ray extra: pip install 'moetrace[ray]'.",
+        show_default=False,
+    ),
+]
 Policies = Annotated[
     str, typer.Option("--policy", help=f"Comma-separated cache policies, or all.\n\n{POLICY_HELP}", show_default=True)
 ]

@@ -7,8 +7,16 @@ from typing import Annotated
 
 import typer
 
-from moetrace.cli.common import console, handle_errors, parse_ints, parse_names, print_json, print_written
-from moetrace.cli.options import Json, TraceArg
+from moetrace.cli.common import (
+    console,
+    err_console,
+    handle_errors,
+    parse_ints,
+    parse_names,
+    print_json,
+    print_written,
+)
+from moetrace.cli.options import Json, RayAddress, TraceArg
 
 predict_app = typer.Typer(help="Forecast expert load and routing paths from traces.", no_args_is_help=True)
 
@@ -70,9 +78,11 @@ def load_command(
         Path | None, typer.Option(help="PNG: actual vs forecast for the hottest experts, and error vs steps ahead.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the learned methods.")] = 0,
+    ray: RayAddress = None,
     json_output: Json = False,
 ) -> None:
     """Forecast each expert's share of its layer's load: backtest methods, or forecast past the end (--out)."""
+    from moetrace.parallel import executor_for
     from moetrace.predict.forecasters.arima import parse_order
     from moetrace.predict.load import LoadConfig, forecast_load_file, predict_load
 
@@ -81,8 +91,11 @@ def load_command(
         history=history, window=window, order=parse_order(order), arima_history=arima_history, arima_refit=arima_refit,
         phase=phase, bucket=bucket, seed=seed,
     )  # fmt: skip
+    executor = executor_for(ray)
+    if executor is not None:
+        err_console.print(f"per-series fits on {executor.describe()}", highlight=False)
     if out is not None:
-        forecast = forecast_load_file(trace, config, out, train_trace=train_trace, load=load)
+        forecast = forecast_load_file(trace, config, out, train_trace=train_trace, load=load, executor=executor)
         console.print(
             f"[green]forecast[/green] {len(forecast.steps):,} steps past step {forecast.steps[0] - 1} with "
             f"{forecast.method} → [bold]{forecast.path}[/bold]"
@@ -92,7 +105,7 @@ def load_command(
 
     with StageProgress("backtesting") as progress:
         result = predict_load(trace, config, train_trace=train_trace, load=load, save=save,
-                              save_forecasts=save_forecast, progress=progress.update)  # fmt: skip
+                              save_forecasts=save_forecast, progress=progress.update, executor=executor)  # fmt: skip
     if plot is not None:
         from moetrace.report.plots import plot_load_backtest
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from moetrace.errors import InvalidArgumentError, MoetraceError
+from moetrace.parallel import Executor
 from moetrace.predict.forecasters import LoadForecaster, make_forecaster
 from moetrace.predict.metrics import error_by_step, mae_pp, normalise, tvd
 from moetrace.predict.series import LoadSeries, Phases, detect_phases, load_series
@@ -74,12 +75,14 @@ class LoadConfig:
             raise InvalidArgumentError(f"--phase must be one of {', '.join(PHASES)}, got {self.phase!r}")
         parse_order(self.order)
 
-    def forecaster(self, method: str) -> LoadForecaster:
+    def forecaster(self, method: str, executor: Executor | None = None) -> LoadForecaster:
+        """The forecaster for `method`; `executor` runs per-series fits (arima) instead of local processes."""
         options: dict[str, Any] = {"window": self.window}
         if method == "arima":
             options["order"] = self.order
             options["fit_window"] = self.arima_history
             options["refit"] = self.arima_refit
+            options["executor"] = executor
         if method in ("mlp", "lstm"):
             options["seed"] = self.seed
         return make_forecaster(method, **options)
@@ -136,13 +139,15 @@ def backtest_load(
     train_trace: Trace | None = None,
     load: str | Path | None = None,
     progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> LoadBacktest:
     """Rolling-origin backtest of every method in `config` at every horizon.
 
     At each origin t a method sees rows before t (at most `history` of them) and forecasts rows
     t … t+H−1; mae_pp and tvd are averaged over those H rows, the layers and the origins, and
     reported for all origins and separately for origins in the transient and the stable phase.
-    Learned methods are fitted on `train_trace`, or on the rows before the first origin.
+    Learned methods are fitted on `train_trace`, or on the rows before the first origin. `executor`
+    (`moetrace.parallel`, e.g. a Ray cluster) runs the per-series fits; the results do not depend on it.
     """
     series = load_series(trace, config.phase, config.bucket)
     shares = series.shares
@@ -159,7 +164,7 @@ def backtest_load(
     units = len(config.methods) * len(config.horizons)
     done = 0
     for method in config.methods:
-        forecaster = _load_forecaster(load, method) if load is not None else config.forecaster(method)
+        forecaster = _load_forecaster(load, method) if load is not None else config.forecaster(method, executor)
         result.fitted[method] = forecaster
         shared = None
         if not forecaster.learned:
@@ -167,6 +172,7 @@ def backtest_load(
             union = np.unique(np.concatenate(list(result.origins.values())))
             if progress is not None:
                 progress(done, units, f"{forecaster.describe()}, {len(union)} origins")
+                forecaster.progress = _series_progress(progress, done, units, forecaster.describe())
             shared = union, _forecast(result, forecaster, shares, union, max(config.horizons), config.history)
         for horizon in config.horizons:
             if progress is not None:
@@ -188,6 +194,11 @@ def backtest_load(
     if progress is not None:
         progress(units, units, "done")
     return result
+
+
+def _series_progress(progress: Progress, done: int, units: int, stage: str) -> Progress:
+    """A forecaster's series done as the backtest's progress within its current unit."""
+    return lambda series, total, where: progress(done, units, f"{stage}: {series:,} of {total:,} series")
 
 
 def _forecast(
@@ -251,11 +262,11 @@ def trace_hash(trace: Trace) -> str:
 
 def forecast_load(
     trace: Trace, method: str, horizon: int, config: LoadConfig, *, train_trace: Trace | None = None,
-    load: str | Path | None = None,
+    load: str | Path | None = None, executor: Executor | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:  # fmt: skip
     """Forecast `horizon` steps past the end of the trace: (steps, shares (H, L, E), layers)."""
     series = load_series(trace, config.phase, config.bucket)
-    forecaster = _load_forecaster(load, method) if load is not None else config.forecaster(method)
+    forecaster = _load_forecaster(load, method) if load is not None else config.forecaster(method, executor)
     if forecaster.learned and horizon not in getattr(forecaster, "models", {}):
         train = (
             load_series(train_trace, config.phase, config.bucket).shares if train_trace is not None else series.shares
@@ -324,16 +335,18 @@ def predict_load(
     save: str | Path | None = None,
     save_forecasts: str | Path | None = None,
     progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> LoadBacktest:
     """What `moetrace predict load` does: backtest `config`'s methods on `trace`; with `save`, keep the
     fitted mlp or lstm model (one method); with `save_forecasts`, write every backtest forecast beside
-    the actual shares to a Parquet file (the configuration in its metadata)."""
+    the actual shares to a Parquet file (the configuration in its metadata). `executor` runs the
+    per-series fits (`moetrace.parallel`: local processes by default, or a Ray cluster)."""
     _check_saved_model_options(config, save, load)
     if load is None:
         for method in config.methods:  # a bad method option is refused before the trace is read
             config.forecaster(method)
     opened, train = _open(trace), _open(train_trace) if train_trace is not None else None
-    result = backtest_load(opened, config, train_trace=train, load=load, progress=progress)
+    result = backtest_load(opened, config, train_trace=train, load=load, progress=progress, executor=executor)
     if save is not None:
         save_forecaster(result.fitted[config.methods[0]], save, train or opened)
     if save_forecasts is not None:
@@ -358,6 +371,7 @@ def forecast_load_file(
     *,
     train_trace: Trace | str | Path | None = None,
     load: str | Path | None = None,
+    executor: Executor | None = None,
 ) -> LoadForecast:
     """Forecast `config`'s one horizon past the end of `trace` with its one method, into the Parquet
     file `out` (step, layer, expert, share; the configuration in its metadata)."""
@@ -367,7 +381,9 @@ def forecast_load_file(
     opened = _open(trace)
     train = _open(train_trace) if train_trace is not None else None
     method = config.methods[0]
-    steps, shares, layers = forecast_load(opened, method, config.horizons[0], config, train_trace=train, load=load)
+    steps, shares, layers = forecast_load(
+        opened, method, config.horizons[0], config, train_trace=train, load=load, executor=executor
+    )
     write_parquet(forecast_table(steps, shares, layers), out, config)
     return LoadForecast(path=Path(out), method=method, steps=steps, layers=layers)
 

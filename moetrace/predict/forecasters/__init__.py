@@ -32,6 +32,8 @@ class LoadForecaster:
     name: ClassVar[str] = ""
     learned: ClassVar[bool] = False
     """Learned methods are fitted on a training series before they forecast."""
+    progress: Callable[[int, int, str], None] | None = None
+    """Called with (series done, series total, where they run) by forecasters that fit series one by one."""
 
     def __init__(self, **options: Any) -> None:
         self.options = options

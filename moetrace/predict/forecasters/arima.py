@@ -1,4 +1,7 @@
-"""`arima`: one ARIMA(p,d,q) per (layer, expert) series with statsmodels, fitted in parallel processes.
+"""`arima`: one ARIMA(p,d,q) per (layer, expert) series with statsmodels, one task per series.
+
+The fits run on an executor (`moetrace.parallel`): spawned local processes by default, or a Ray
+cluster; each series' fit is the same pure function wherever it runs, so the results are identical.
 
 A series is fitted on at most `fit_window` steps before an origin and forecast H steps ahead. By
 default it is fitted once, at the first origin, and later origins re-run its filter over their own
@@ -11,15 +14,13 @@ counts them and warns once.
 
 from __future__ import annotations
 
-import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
 
 from moetrace.errors import InvalidArgumentError
+from moetrace.parallel import Executor, LocalExecutor
 from moetrace.predict.forecasters import LoadForecaster, register_forecaster
 from moetrace.predict.forecasters.baselines import Window
 
@@ -56,6 +57,7 @@ class Arima(LoadForecaster):
         fit_window: int | None = 1000,
         refit: bool = False,
         workers: int | None = None,
+        executor: Executor | None = None,
         **options: Any,
     ) -> None:
         self.order = parse_order(order)
@@ -66,7 +68,7 @@ class Arima(LoadForecaster):
         super().__init__(order=self.order, window=window, fit_window=fit_window, refit=refit, **options)
         self.fit_window, self.refit = fit_window, refit
         self.fallback = Window(window=window)
-        self.workers = workers or os.cpu_count() or 1
+        self.executor = executor or LocalExecutor(workers, processes=True)
         self.failed = 0
         self.constant = 0
         self.fits = 0
@@ -94,11 +96,7 @@ class Arima(LoadForecaster):
         jobs = [(columns[:, s], origins, horizon, limit, self.order, self.refit) for s in range(columns.shape[1])]
         out = self.fallback.forecast_origins(series, origins, horizon, history)
         flat = out.reshape(len(origins), horizon, -1)
-        if self.workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn")) as pool:
-                results = list(pool.map(_fit_series, jobs, chunksize=max(1, len(jobs) // (4 * self.workers))))
-        else:
-            results = [_fit_series(job) for job in jobs]
+        results = self.executor.map(_fit_series, jobs, progress=self.progress)
         failed = constant = 0
         for s, (forecasts, ok, flat_series) in enumerate(results):
             constant += flat_series
