@@ -8,8 +8,8 @@ and numba caches its machine code beside it. Any later process imports the copy 
 machine code: no compilation. The hash covers the kernel, the policy's sources and numba's version,
 so a changed policy or kernel gets a fresh copy.
 
-`next_needs` (Belady's future) and `lru_ranks` (LRU's hit rate at every capacity) are plain cached
-numba functions.
+`next_needs` (Belady's future) and `lru_positions` (LRU's hit rate at every capacity) are plain
+cached numba functions.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from numba import njit
 from moetrace.sim import kernel as _template
 from moetrace.sim.policies import HOOKS, get_policy
 
-__all__ = ["compiled", "kernel_dir", "lru_ranks", "next_needs"]
+__all__ = ["compiled", "kernel_dir", "lru_positions", "next_needs"]
 
 _HOOK_LINE = "= default_hooks()  # HOOKS"
 
@@ -105,30 +105,30 @@ def next_needs(cache_of: np.ndarray, offsets: np.ndarray, ids: np.ndarray, n_cac
 
 
 @njit(nogil=True, cache=True)
-def lru_ranks(cache_of: np.ndarray, offsets: np.ndarray, ids: np.ndarray, n_caches: int, n_ids: int) -> np.ndarray:
-    """Each access's LRU stack position before its request (−1: never used before in its cache).
+def lru_positions(cache_of, offsets, ids, last, first_request, counts):  # type: ignore[no-untyped-def]
+    """Count each access's LRU stack position before its request into `counts` (index n_ids: never used
+    before in its cache), given `last` (caches, ids): each id's last request (−1: none; updated).
 
     Residents rank by last use, most recent first, ties broken like eviction (larger ids first, so
     the smallest id leaves first). An access hits a C-slot LRU cache iff its position < C, for
     every C at least as large as the largest need-set (the inclusion property): one pass gives the
-    hit rate at every such capacity.
+    hit rate at every such capacity. Requests are `first_request` + r, so chunks of a stream can be
+    counted one after another.
     """
-    last = np.full((n_caches, n_ids), -1, np.int64)
-    out = np.empty(len(ids), np.int64)
+    n_ids = last.shape[1]
     for r in range(len(cache_of)):
         c = cache_of[r]
         for j in range(offsets[r], offsets[r + 1]):
             x = ids[j]
             mine = last[c, x]
             if mine < 0:
-                out[j] = -1
+                counts[n_ids] += 1
                 continue
             position = 0
             for y in range(n_ids):
                 other = last[c, y]
                 if other > mine or (other == mine and y > x):
                     position += 1
-            out[j] = position
+            counts[position] += 1
         for j in range(offsets[r], offsets[r + 1]):
-            last[c, ids[j]] = r
-    return out
+            last[c, ids[j]] = first_request + r

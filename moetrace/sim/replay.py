@@ -86,7 +86,7 @@ def replay(
     cache_of, ids, n_caches, n_ids = cache_layout(stream, pool)
     check_capacity(capacity, stream.top_k, n_ids)
     return replay_arrays(chosen, capacity, cache_of, stream.offsets, ids, n_caches, n_ids,
-                         prefetch=_prefetch_space(stream, prefetch, cache_of, pool), transfer_s=transfer_s,
+                         prefetch=prefetch_space(stream, prefetch, cache_of, pool), transfer_s=transfer_s,
                          layer_s=layer_s, warm_share=warm_share)  # fmt: skip
 
 
@@ -189,7 +189,7 @@ _NO_TARGETS = np.full(0, -1, np.int64)
 _NO_OFFSETS = np.zeros(1, np.int64)
 
 
-def _prefetch_space(
+def prefetch_space(
     stream: Stream, prefetch: Prefetch | None, cache_of: np.ndarray, pool: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """A prefetch plan in cache space: (target cache per request, offsets, cache-space ids)."""

@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 
 from moetrace.errors import InvalidArgumentError
-from moetrace.sim.engine import lru_ranks
+from moetrace.sim.chunks import ChunkedStream, StreamInfo
+from moetrace.sim.engine import lru_positions
 from moetrace.sim.policies import ALL, PolicySpec, parse_policy, registered
 from moetrace.sim.reference import Counts, check_capacity
-from moetrace.sim.replay import Prefetch, cache_layout, replay
-from moetrace.sim.stream import ORDERS, Stream, build_stream
+from moetrace.sim.replay import Replay, prefetch_space, replay
+from moetrace.sim.stream import ORDERS, Stream, build_stream, stream_chunks
 from moetrace.trace.reader import Trace
 from moetrace.trace.schema import PHASES
 
@@ -118,7 +119,7 @@ def expand_policies(names: tuple[str, ...], trace: Trace, predictor: str | None)
 @dataclass
 class SimResult:
     config: SimConfig
-    stream: Stream
+    stream: StreamInfo
     expert_bytes: int | None
     results: list[dict[str, Any]] = field(default_factory=list)
     lru_curve: tuple[np.ndarray, np.ndarray] | None = None
@@ -150,6 +151,10 @@ class SimResult:
         return out
 
 
+CHUNK_ROWS = 2_000_000
+"""Route rows per chunk of a streamed replay: memory is about this many rows, whatever the trace."""
+
+
 def simulate(
     trace: Trace,
     config: SimConfig,
@@ -157,32 +162,28 @@ def simulate(
     predictor: str | Path | None = None,
     progress: Progress | None = None,
     stream: Stream | None = None,
+    executor: Any = None,
 ) -> SimResult:
-    """Replay every policy at every capacity; report hits, loads, bytes and the cost model's times."""
-    stream = stream or build_stream(trace, config.order, config.phase)
+    """Replay every policy at every capacity; report hits, loads, bytes and the cost model's times.
+
+    The trace streams through in chunks (sorted out of core), so memory does not grow with it, except
+    where a replay needs the whole stream at once: prefetching from a path predictor and token
+    scheduling (`batch_size`). `stream` replays that stream instead of the trace's. `executor`
+    (`moetrace.parallel`) runs each (policy, capacity) as its own job, replaying the trace there: on a
+    Ray cluster, the trace must be on storage every node reads.
+    """
     expert_bytes = config.expert_bytes or trace.meta.model.expert_bytes
-    result = SimResult(config=config, stream=stream, expert_bytes=expert_bytes)
-    if expert_bytes is None:
-        result.notes.append(
-            "the trace does not say how large an expert is (give --expert-bytes): bytes and times are 0"
-        )
-    transfer_s = (expert_bytes or 0) / config.bandwidth
-    most = int(stream.sizes().max())
-    ids_per_cache = len(stream.layers) * stream.num_experts if config.pool else stream.num_experts
+    model = trace.meta.model
+    ids_per_cache = len(model.moe_layers) * model.num_experts if config.pool else model.num_experts
     for capacity in config.capacities:
-        check_capacity(capacity, stream.top_k, ids_per_cache)
+        check_capacity(capacity, model.top_k, ids_per_cache)
     loaded = None
     if predictor is not None:
         from moetrace.predict.path import load_path_predictor
 
         loaded = load_path_predictor(predictor, trace)
     specs = expand_policies(config.policies, trace, loaded.name if loaded is not None else None)
-    plans: dict[str, Prefetch] = {}
     for spec in specs:
-        if spec.source is None or spec.source in plans:
-            continue
-        from moetrace.sim.prefetch import plan
-
         if spec.needs_predictor:
             if loaded is None:
                 raise InvalidArgumentError(f"{spec.text} needs --predictor (saved by `moetrace predict path --save`)")
@@ -190,30 +191,161 @@ def simulate(
                 raise InvalidArgumentError(
                     f"--predictor holds a {loaded.name} predictor; the policy asks for {spec.source}"
                 )
-        plans[spec.source] = plan(stream, spec.source, depth=config.prefetch_depth, budget=config.prefetch_budget,
-                                  trace=trace, predictor=loaded)  # fmt: skip
-    jobs = [(spec, capacity) for spec in specs for capacity in config.capacities]
-    done = 0
-
-    def run(job: tuple[PolicySpec, int]) -> dict[str, Any]:
-        spec, capacity = job
-        counts = replay(stream, spec.policy, capacity, pool=config.pool, prefetch=plans.get(spec.source or ""),
-                        transfer_s=transfer_s, layer_s=config.layer_time, warm_share=config.warmup_share)  # fmt: skip
-        row = _row(spec.text, capacity, counts, stream, expert_bytes or 0, transfer_s, config.layer_time)
-        row["bound"] = spec.bound
-        return row
-
-    with ThreadPoolExecutor(max_workers=config.workers or os.cpu_count() or 1) as pool:
-        for row in pool.map(run, jobs):
-            result.results.append(row)
-            done += 1
-            if progress is not None:
-                progress(done, len(jobs), f"{row['policy']} at {row['capacity']}")
-    if any(spec.policy.name == "lru" for spec in specs):
-        result.lru_curve = lru_curve(stream, config.pool, start=most)
-    if config.batch_size is not None:
-        result.scheduling = schedule_rows(stream, config, transfer_s, specs)
+    if executor is not None and stream is None:
+        return _simulate_jobs(trace, config, specs, predictor, executor, progress)
+    whole = stream is not None or config.batch_size is not None or any(s.source not in (None, "oracle") for s in specs)
+    if whole:
+        stream = stream or build_stream(trace, config.order, config.phase)
+        pieces: Any = [stream]
+    else:
+        pieces = stream_chunks(trace, config.order, config.phase, rows=CHUNK_ROWS)
+    future = any(spec.policy.knows == "future" for spec in specs)
+    with ChunkedStream(pieces, config.pool, future=future) as chunks:
+        result = SimResult(config=config, stream=chunks.info, expert_bytes=expert_bytes)
+        if expert_bytes is None:
+            result.notes.append(
+                "the trace does not say how large an expert is (give --expert-bytes): bytes and times are 0"
+            )
+        _replay_all(chunks, specs, config, trace, loaded, expert_bytes, result, progress)
+        if config.batch_size is not None and stream is not None:
+            transfer_s = (expert_bytes or 0) / config.bandwidth
+            result.scheduling = schedule_rows(stream, config, transfer_s, specs)
     return result
+
+
+def _replay_all(
+    chunks: ChunkedStream,
+    specs: list[PolicySpec],
+    config: SimConfig,
+    trace: Trace,
+    loaded: Any,
+    expert_bytes: int | None,
+    result: SimResult,
+    progress: Progress | None,
+) -> None:
+    """Every (policy, capacity) over the chunks: each chunk is read once and fed to every replay."""
+    from moetrace.sim.prefetch import plan
+
+    info = chunks.info
+    transfer_s = (expert_bytes or 0) / config.bandwidth
+    warm = _warm_needs(chunks, config.warmup_share) if any(s.policy.knows == "warmup" for s in specs) else None
+    jobs = [(spec, capacity) for spec in specs for capacity in config.capacities]
+    replays = [
+        Replay(spec.policy, capacity, chunks.space.caches, chunks.space.ids, warm=warm, transfer_s=transfer_s,
+               layer_s=config.layer_time, never=info.requests + 1)
+        for spec, capacity in jobs
+    ]  # fmt: skip
+    sources = sorted({spec.source for spec in specs if spec.source is not None})
+    curve = _LruCurve(chunks) if any(spec.policy.name == "lru" for spec in specs) else None
+    with ThreadPoolExecutor(max_workers=config.workers or os.cpu_count() or 1) as threads:
+        for index, chunk in enumerate(chunks):
+            plans = {
+                source: prefetch_space(chunk.stream, plan(chunk.stream, source, depth=config.prefetch_depth,
+                                       budget=config.prefetch_budget, trace=trace, predictor=loaded),
+                                       chunk.cache_of, config.pool)
+                for source in sources
+            }  # fmt: skip
+
+            def feed(i: int, chunk: Any = chunk, plans: Any = plans) -> None:
+                if i == len(jobs):
+                    curve.feed(chunk)  # type: ignore[union-attr]
+                    return
+                source = jobs[i][0].source
+                replays[i].feed(chunk.cache_of, chunk.stream.offsets, chunk.ids, upcoming=chunk.upcoming,
+                                prefetch=plans[source] if source else None)  # fmt: skip
+
+            list(threads.map(feed, range(len(jobs) + (curve is not None))))
+            if progress is not None:
+                progress(
+                    index + 1,
+                    len(chunks),
+                    f"{chunk.first_request + chunk.stream.requests:,} of {info.requests:,} requests",
+                )
+    if curve is not None:
+        result.lru_curve = curve.rates()
+    for (spec, capacity), run in zip(jobs, replays):
+        row = _row(spec.text, capacity, run.counts(), info, expert_bytes or 0, transfer_s, config.layer_time)
+        row["bound"] = spec.bound
+        result.results.append(row)
+
+
+def _simulate_jobs(
+    trace: Trace, config: SimConfig, specs: list[PolicySpec], predictor: Any, executor: Any, progress: Progress | None
+) -> SimResult:
+    """Each (policy, capacity) replayed as its own job on `executor`; the rows in the local run's order."""
+    from dataclasses import replace
+
+    jobs = [
+        (str(trace.path), replace(config, policies=(spec.text,), capacities=(capacity,), workers=1),
+         None if predictor is None else str(predictor))
+        for spec in specs for capacity in config.capacities
+    ]  # fmt: skip
+    done = executor.map(_simulate_one, jobs, progress=progress)
+    first: SimResult = done[0]
+    result = SimResult(config=config, stream=first.stream, expert_bytes=first.expert_bytes, notes=first.notes)
+    for one in done:
+        result.results += one.results
+    if any(spec.policy.name == "lru" for spec in specs):
+        result.lru_curve = next(one.lru_curve for one in done if one.lru_curve is not None)
+    if config.batch_size is not None:
+        local = simulate(
+            trace,
+            replace(config, policies=tuple(s.text for s in specs if s.source is None) or ("lru",)),
+            predictor=predictor,
+        )
+        result.scheduling = local.scheduling
+    return result
+
+
+def _simulate_one(job: tuple[str, SimConfig, str | None]) -> SimResult:
+    """One job of a sweep: open the trace where it runs and replay one policy at one capacity."""
+    from moetrace.trace.reader import open_trace
+
+    path, config, predictor = job
+    return simulate(open_trace(path), config, predictor=predictor)
+
+
+def _warm_needs(chunks: ChunkedStream, share: float) -> np.ndarray:
+    """(caches, ids): needs of each expert in the first `share` of the requests."""
+    cut = max(1, int(share * chunks.info.requests))
+    warm = np.zeros((chunks.space.caches, chunks.space.ids), np.int64)
+    for chunk in chunks:
+        take = min(cut - chunk.first_request, chunk.stream.requests)
+        if take <= 0:
+            break
+        offsets = chunk.stream.offsets
+        request_of_access = np.repeat(np.arange(take), np.diff(offsets[: take + 1]))
+        np.add.at(warm, (chunk.cache_of[request_of_access], chunk.ids[: offsets[take]]), 1)
+    return warm
+
+
+class _LruCurve:
+    """LRU's hit rate at every capacity from the largest need-set to all ids, counted chunk by chunk."""
+
+    def __init__(self, chunks: ChunkedStream) -> None:
+        self.info = chunks.info
+        self.ids = chunks.space.ids
+        self.last = np.full((chunks.space.caches, self.ids), -1, np.int64)
+        self.counts = np.zeros(self.ids + 1, np.int64)
+
+    def feed(self, chunk: Any) -> None:
+        lru_positions(chunk.cache_of, chunk.stream.offsets, chunk.ids, self.last, chunk.first_request, self.counts)
+
+    def rates(self) -> tuple[np.ndarray, np.ndarray]:
+        capacities = np.arange(max(self.info.largest, self.info.top_k), self.ids + 1)
+        hits_below = np.concatenate([[0], np.cumsum(self.counts[: self.ids])])  # accesses with position < C
+        return capacities, hits_below[capacities] / max(self.info.accesses, 1)
+
+
+def lru_curve(stream: Stream, pool: bool = False, start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """LRU hit rate at every capacity from the largest need-set (`start`) to all experts, in one pass."""
+    with ChunkedStream([stream], pool, future=False, spill=False) as chunks:
+        curve = _LruCurve(chunks)
+        for chunk in chunks:
+            curve.feed(chunk)
+        capacities, rates = curve.rates()
+        keep = capacities >= (start or 0)
+        return capacities[keep], rates[keep]
 
 
 def schedule_rows(
@@ -240,7 +372,7 @@ def schedule_rows(
 
 
 def _row(
-    name: str, capacity: int, counts: Counts, stream: Stream, expert_bytes: int, transfer_s: float, layer_s: float
+    name: str, capacity: int, counts: Counts, stream: StreamInfo, expert_bytes: int, transfer_s: float, layer_s: float
 ) -> dict[str, Any]:
     accesses = counts.hits + counts.misses
     tokens = max(stream.tokens, 1)
@@ -266,14 +398,3 @@ def _row(
         row["prefetch_accuracy"] = counts.useful_prefetches / counts.prefetch_loads
         row["wasted_loads"] = counts.wasted_prefetches
     return row
-
-
-def lru_curve(stream: Stream, pool: bool = False, start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """LRU hit rate at every capacity from the largest need-set (`start`) to all experts, in one pass."""
-    cache_of, ids, n_caches, n_ids = cache_layout(stream, pool)
-    ranks = lru_ranks(cache_of, stream.offsets, ids, n_caches, n_ids)
-    start = start or int(stream.sizes().max())
-    capacities = np.arange(max(start, stream.top_k), n_ids + 1)
-    seen = np.bincount(ranks[ranks >= 0], minlength=n_ids + 1)
-    hits_below = np.concatenate([[0], np.cumsum(seen)])  # hits_below[C] = accesses with position < C
-    return capacities, hits_below[capacities] / len(ids)

@@ -84,21 +84,24 @@ def stream_chunks(
     steps): their requests, one after another, are `build_stream`'s. The rows are sorted by DuckDB out
     of core, so memory does not grow with the trace."""
     _check(trace, order)
-    from moetrace.trace.query import connect
+    import duckdb
 
     where = ""
     if phase is not None:
         if phase not in PHASES:
             raise InvalidArgumentError(f"--phase must be one of {', '.join(PHASES)}, got {phase!r}")
         where = f"WHERE phase = '{phase}'"
-    sql = f"SELECT seq_id, pos, step, layer, experts FROM routes {where} ORDER BY {', '.join(ROW_ORDER[order])}"
+    parts = ", ".join(f"'{part}'" for part in trace.route_parts)
+    sql = (f"SELECT seq_id, pos, step, layer, experts FROM read_parquet([{parts}], union_by_name = true) {where} "
+           f"ORDER BY {', '.join(ROW_ORDER[order])}")  # fmt: skip
     unit_columns = ("seq_id", "pos", "step") if order == "token" else ("step",)
-    connection = connect(trace)
+    connection = duckdb.connect()
     try:
-        reader = connection.execute(sql).fetch_record_batch(rows)
+        relation = connection.sql(sql)
+        reader = getattr(relation, "to_arrow_reader", relation.fetch_arrow_reader)(rows)  # DuckDB 2 renamed it
         held: dict[str, np.ndarray] | None = None
         produced = False
-        for batch in reader:
+        for batch in _gathered(reader, rows):
             batch_rows = _batch_arrays(batch, trace.meta.model.top_k)
             if held is not None:
                 batch_rows = {name: np.concatenate([held[name], batch_rows[name]]) for name in batch_rows}
@@ -115,6 +118,20 @@ def stream_chunks(
             raise TraceFormatError(f"trace {trace.path} has no routes{f' in phase {phase}' if phase else ''}")
     finally:
         connection.close()
+
+
+def _gathered(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.RecordBatch]:
+    """The reader's batches joined into batches of at least `rows` rows (the last may be smaller)."""
+    waiting: list[pa.RecordBatch] = []
+    count = 0
+    for batch in reader:
+        waiting.append(batch)
+        count += len(batch)
+        if count >= rows:
+            yield pa.Table.from_batches(waiting).combine_chunks().to_batches()[0]
+            waiting, count = [], 0
+    if count:
+        yield pa.Table.from_batches(waiting).combine_chunks().to_batches()[0]
 
 
 def stream_from_rows(rows: dict[str, np.ndarray], trace: Trace, order: str) -> Stream:
@@ -157,13 +174,16 @@ def _check(trace: Trace, order: str) -> None:
 
 def _batch_arrays(batch: pa.RecordBatch, top_k: int) -> dict[str, np.ndarray]:
     """A record batch of (seq_id, pos, step, layer, experts) as numpy arrays; experts (rows, top_k)."""
-    out = {
-        name: np.asarray(batch.column(name).to_numpy(zero_copy_only=False))
-        for name in ("seq_id", "pos", "step", "layer")
-    }
-    experts = batch.column("experts")
-    out["experts"] = np.asarray(experts.flatten().to_numpy(zero_copy_only=False)).reshape(len(batch), top_k)
+    out = {name: _numbers(batch.column(name)) for name in ("seq_id", "pos", "step", "layer")}
+    out["experts"] = _numbers(batch.column("experts").flatten()).reshape(len(batch), top_k)
     return out
+
+
+def _numbers(array: pa.Array) -> np.ndarray:
+    """A numeric Arrow array without nulls as numpy (zero copy: no detour through pandas)."""
+    if array.null_count:
+        raise TraceFormatError("a route row has no value in seq_id, pos, step, layer or experts")
+    return np.asarray(array.to_numpy(zero_copy_only=True))
 
 
 def _last_unit_start(rows: dict[str, np.ndarray], unit_columns: tuple[str, ...]) -> int:
