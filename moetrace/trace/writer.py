@@ -124,7 +124,7 @@ class _PartBuffer:
             return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(PHASES, pa.string()))
         if pa.types.is_fixed_size_list(dtype):
             width = dtype.list_size
-            value_type = dtype.value_type.to_pandas_dtype()
+            value_type = pa.array([], dtype.value_type).to_numpy().dtype  # not to_pandas_dtype: it imports pandas
             filled = [
                 np.zeros((n, width), value_type) if c is None else c.astype(value_type) for c, n in zip(chunks, lengths)
             ]
