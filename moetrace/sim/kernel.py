@@ -26,7 +26,8 @@ hit, miss, key, victim, evict, insert, RANKED, FUTURE = default_hooks()  # HOOKS
 
 NOT_RESIDENT = -1
 GUARDED = np.iinfo(np.int64).max
-"""The rank of a guarded resident (and of an empty slot): never the smallest while any other is free."""
+"""The rank of a guarded resident (and of an empty slot): never the smallest while any other is free.
+A ranked policy's guard is its rank; `guarded` is kept for policies that name their own victim."""
 
 # totals: what `run` adds up across chunks (int64 array of TOTALS entries)
 HITS, MISSES, STREAMED, PF_LOADS, USEFUL, WASTED = range(6)
@@ -166,7 +167,8 @@ def _guard(c, xs, first, last, guarded, slot, rank):  # type: ignore[no-untyped-
     """Guard xs[first:last]: no victim among them."""
     for j in range(first, last):
         x = xs[j]
-        guarded[c, x] = True
+        if not RANKED:
+            guarded[c, x] = True
         if slot[c, x] != NOT_RESIDENT:
             rank[c, slot[c, x]] = GUARDED
 
@@ -176,9 +178,12 @@ def _release(state, c, xs, first, last, guarded, slot, rank):  # type: ignore[no
     """Unguard xs[first:last]; residents among them take their (possibly new) keys."""
     for j in range(first, last):
         x = xs[j]
-        guarded[c, x] = False
-        if RANKED and slot[c, x] != NOT_RESIDENT:
-            rank[c, slot[c, x]] = key(state, c, x)
+        if RANKED:
+            s = slot[c, x]
+            if s != NOT_RESIDENT:
+                rank[c, s] = key(state, c, x)
+        else:
+            guarded[c, x] = False
 
 
 @njit(inline="always")
