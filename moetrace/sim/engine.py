@@ -49,7 +49,12 @@ def compiled(name: str) -> Any:
     source = _kernel_source(name)
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     module_name = f"moetrace_kernel_{name}_{digest}"
-    path = _write_once(kernel_dir() / f"{module_name}.py", source)
+    try:
+        path = _write_once(kernel_dir() / f"{module_name}.py", source)
+    except OSError:  # a read-only cache folder: this machine's temporary folder instead
+        path = _write_once(
+            Path(tempfile.gettempdir()) / f"moetrace-kernels-{os.getuid()}" / f"{module_name}.py", source
+        )
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
