@@ -77,14 +77,15 @@ def test_a_table_out_of_order_is_sorted_in_bounded_buckets(tmp_path, monkeypatch
     monkeypatch.setattr(importer, "BATCH_ROWS", 3_000)
     assert importer.scan_table(importer.RouteTable(tmp_path / "ordered.parquet")).ordered
     assert not importer.scan_table(importer.RouteTable(tmp_path / "shuffled.parquet")).ordered
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, str]] = []
     kept = import_routes(tmp_path / "ordered.parquet", tmp_path / "a", flush_rows=7_000)
     sorted_ = import_routes(
         tmp_path / "shuffled.parquet", tmp_path / "b", flush_rows=7_000, progress=lambda *p: seen.append(p)
     )
     assert sorted_.routes().equals(kept.routes())
     assert [pq.read_metadata(p).num_rows for p in sorted_.route_parts] == [7_000] * 5 + [5_000]
-    assert seen[-1] == (40_000, 40_000) and len(seen) == 6
+    assert [p for p in seen if p[2] == "checking"][-1] == (40_000, 40_000, "checking")
+    assert [p for p in seen if p[2] == "writing"] == [(min(40_000, 7_000 * i), 40_000, "writing") for i in range(1, 7)]
     load = [t.load().sort_by([(k, "ascending") for k in ("step", "layer", "expert")]) for t in (kept, sorted_)]
     assert load[0].equals(load[1])
     assert load[1].column("tokens").to_numpy().sum() == 40_000 * TOP_K

@@ -30,10 +30,13 @@ def import_command(
     force: Force = False,
 ) -> None:
     """Turn a generic route table (another tool's export) into a moetrace trace."""
+    from moetrace.cli.progress import RowProgress
     from moetrace.trace.importer import import_routes
 
-    with console.status(f"importing {src}"):
-        trace = import_routes(src, out, num_experts=num_experts, model_name=model_name, force=force)
+    with RowProgress("importing") as progress:
+        trace = import_routes(
+            src, out, num_experts=num_experts, model_name=model_name, force=force, progress=progress.update
+        )
     m = trace.meta.model
     console.print(
         f"[green]imported[/green] {trace.meta.run['rows']:,} rows ({trace.meta.run['num_sequences']:,} sequences, "

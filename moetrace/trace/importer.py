@@ -39,8 +39,9 @@ BUCKET_ROWS = 1_048_576
 """Rows of an out-of-order table sorted at a time (a bucket holds whole steps, so one larger step is one bucket)."""
 LIST_COLUMNS = ("experts", "weights", "pregate_experts")
 
-#: progress(rows_written, rows_total)
-Progress = Callable[[int, int], None]
+#: progress(rows_done, rows_total, stage): stage "checking" (the first pass; rows_total is 0 where the
+#: file does not say, as in CSV) or "writing"
+Progress = Callable[[int, int, str], None]
 
 
 class RouteTable:
@@ -53,11 +54,15 @@ class RouteTable:
         self.kind = src.suffix.lower().lstrip(".")
         if self.kind not in ("parquet", "csv", "tsv"):
             raise TraceFormatError(f"{src}: expected a .parquet or .csv route table, got '{src.suffix}'")
+        self.rows = 0
+        """Rows in the table where the file says so (Parquet), else 0."""
         with _readable(self.src, self.kind):
             if self.kind == "parquet":
                 import pyarrow.parquet as pq
 
-                self.names = pq.ParquetFile(src).schema_arrow.names
+                parquet = pq.ParquetFile(src)
+                self.names = parquet.schema_arrow.names
+                self.rows = parquet.metadata.num_rows
             else:
                 self.names = self._open_csv(None).schema.names
         missing = [c for c in REQUIRED if c not in self.names]
@@ -161,7 +166,7 @@ class TableScan:
     last_key: list[np.ndarray] | None = None
 
 
-def scan_table(table: RouteTable) -> TableScan:
+def scan_table(table: RouteTable, progress: Progress | None = None) -> TableScan:
     """First pass: read the key columns batch by batch; never the whole table."""
     scan = TableScan()
     for batch in table.batches(["step", "seq_id", "pos", "layer", "experts", "phase"]):
@@ -189,6 +194,8 @@ def scan_table(table: RouteTable) -> TableScan:
             joined = keys if scan.last_key is None else [np.concatenate([a, b]) for a, b in zip(scan.last_key, keys)]
             scan.ordered = _non_decreasing(joined)
             scan.last_key = [key[-1:] for key in keys]
+        if progress is not None:
+            progress(scan.rows, table.rows, "checking")
     return scan
 
 
@@ -233,7 +240,7 @@ def import_routes(
     first = next(table.batches(), None)  # a wrongly typed column is named before the long passes
     if first is not None:
         first = normalise(first, ROUTE_COLUMNS, None, str(src))
-    scan = scan_table(table)
+    scan = scan_table(table, progress)
     if first is None or scan.rows == 0 or scan.widths is None:
         raise TraceFormatError(f"{src}: route table has no rows")
     low, top_k = scan.widths
@@ -349,7 +356,7 @@ def _write(writer: TraceWriter, slices: Iterator[pa.Table], top_k: int, total: i
         carried = counts.filter(pc.invert(complete))
         done += piece.num_rows
         if progress is not None:
-            progress(done, total)
+            progress(done, total, "writing")
     if carried is not None:
         _write_load(writer, carried)
 
