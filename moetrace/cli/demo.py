@@ -24,13 +24,19 @@ def demo_command(
 ) -> None:
     """Show what moetrace does on the built-in demo model: train (cached), record, inspect, plot. No download, no GPU."""
     from moetrace.cli.common import ensure_demo_model
-    from moetrace.cli.progress import RecordProgress
+    from moetrace.cli.progress import RecordProgress, StageProgress, TrainProgress
     from moetrace.cli.tables import stats_renderable
     from moetrace.demo.pipeline import run_demo
 
     ensure_demo_model()
-    with RecordProgress() as progress:
-        result = run_demo(out, progress=progress.update, say=lambda s: console.print(f"[bold]·[/bold] {s}"))
+
+    def say(text: str) -> None:
+        console.print(f"[bold]·[/bold] {text}")
+
+    with TrainProgress("building demo model") as build, RecordProgress() as progress, StageProgress("demo") as stage:
+        result = run_demo(
+            out, progress=progress.update, build_progress=build.update, stage_progress=stage.update, say=say
+        )
     for name, stats in result.stats.items():
         console.rule(f"{name} trace")
         console.print(stats_renderable(stats, str(result.traces[name].path)))

@@ -38,10 +38,15 @@ def run_demo(
     spec: DemoSpec | None = None,
     progress: Callable[[int, int, int], None] | None = None,
     build_progress: Callable[[int, int, float], None] | None = None,
+    stage_progress: Callable[[int, int, str], None] | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> DemoResult:
     """Build the demo model (cached), keep its training-load trace, record a generation trace on the
-    built-in prompts, and summarise and plot both. The demo's own traces under `out` are replaced."""
+    built-in prompts, and summarise and plot both. The demo's own traces under `out` are replaced.
+
+    `progress` hears from the recording and the offloaded run (sequences, tokens), `build_progress`
+    from the build's training (steps, loss), `stage_progress` from the backtest, the path evaluation
+    and the replay (units done, what is running)."""
     from moetrace.demo.build import build_demo_model
     from moetrace.models.demo_model import TRAIN_TRACE, demo_model_dir
     from moetrace.models.loading import load_demo_model
@@ -88,13 +93,14 @@ def run_demo(
     config = LoadConfig(
         methods=methods, horizons=horizons, warmup=max(1, steps // 2), window=min(100, max(1, steps // 4))
     )
-    result.load_forecast = backtest_load(train, config)
+    result.load_forecast = backtest_load(train, config, progress=_labelled(stage_progress, "forecasting"))
     result.figures.append(plot_load_backtest(result.load_forecast, result.out / "load-forecast.png"))
 
     say("predicting each token's experts one and two layers ahead on unseen prompts")
     result.paths = evaluate_paths(
         generate, PathConfig(methods=("popularity", "markov", "mlp", "pregate"), lookaheads=(1, 2)),
         predictor_options={"mlp": {"train_steps": 800, "hidden": 128}},
+        progress=_labelled(stage_progress, "path prediction"),
     )  # fmt: skip
     result.figures.append(plot_path_recall(result.paths, result.out / "path-recall.png"))
 
@@ -107,7 +113,10 @@ def run_demo(
         sorted({max(generate.meta.model.top_k, experts // 4), max(generate.meta.model.top_k, experts // 2)})
     )
     policies = ("lru", "lfu", "belady", "static", "lru+pregate", "lru+oracle")
-    result.simulation = simulate(generate, SimConfig(policies=policies, capacities=capacities, layer_time=50e-6))
+    result.simulation = simulate(
+        generate, SimConfig(policies=policies, capacities=capacities, layer_time=50e-6),
+        progress=_labelled(stage_progress, "replaying"),
+    )  # fmt: skip
     result.figures.append(plot_hit_rates(result.simulation, result.out / "hit-rates.png"))
 
     from moetrace.models.prompts import builtin_prompts
@@ -116,5 +125,14 @@ def run_demo(
     say(f"running the model with its experts in host memory, {capacities[0]} of {experts} per layer in slots, "
         "the next layer's experts prefetched by pre-gating; checked against the plain run")  # fmt: skip
     result.offload = run_model(str(demo_model_dir(spec)), builtin_prompts()[:8], offload=True, policy="lru+pregate",
-                               capacity=capacities[0], compare=True, max_new_tokens=max_new_tokens, device="cpu")  # fmt: skip
+                               capacity=capacities[0], compare=True, max_new_tokens=max_new_tokens, device="cpu",
+                               progress=progress)  # fmt: skip
     return result
+
+
+def _labelled(progress: Callable[[int, int, str], None] | None, label: str) -> Callable[[int, int, str], None] | None:
+    """`progress` with `label` before each description, so one display can follow several stages."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda done, total, what: report(done, total, f"{label}: {what}")
