@@ -8,8 +8,8 @@ and numba caches its machine code beside it. Any later process imports the copy 
 machine code: no compilation. The hash covers the kernel, the policy's sources and numba's version,
 so a changed policy or kernel gets a fresh copy.
 
-`next_needs` (Belady's future) and `lru_positions` (LRU's hit rate at every capacity) are plain
-cached numba functions.
+`next_needs` (Belady's future) and `LruStacks` (LRU's hit rate at every capacity) are plain cached
+numba functions.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from numba import njit
 from moetrace.sim import kernel as _template
 from moetrace.sim.policies import HOOKS, get_policy
 
-__all__ = ["compiled", "kernel_dir", "lru_positions", "next_needs"]
+__all__ = ["compiled", "kernel_dir", "LruStacks", "next_needs"]
 
 _HOOK_LINE = "= default_hooks()  # HOOKS"
 
@@ -109,31 +109,79 @@ def next_needs(cache_of: np.ndarray, offsets: np.ndarray, ids: np.ndarray, n_cac
     return upcoming
 
 
-@njit(nogil=True, cache=True)
-def lru_positions(cache_of, offsets, ids, last, first_request, counts):  # type: ignore[no-untyped-def]
-    """Count each access's LRU stack position before its request into `counts` (index n_ids: never used
-    before in its cache), given `last` (caches, ids): each id's last request (−1: none; updated).
+class LruStacks:
+    """LRU stack positions, counted chunk by chunk: `counts[p]` accesses found at position p of their
+    cache's LRU stack (`counts[ids]`: never used before in their cache).
 
     Residents rank by last use, most recent first, ties broken like eviction (larger ids first, so
     the smallest id leaves first). An access hits a C-slot LRU cache iff its position < C, for
     every C at least as large as the largest need-set (the inclusion property): one pass gives the
-    hit rate at every such capacity. Requests are `first_request` + r, so chunks of a stream can be
-    counted one after another.
+    hit rate at every such capacity. Each id's last use is a timestamp (accesses in order, so within
+    a request the larger id is newer); a Fenwick tree per cache over the timestamps counts the ids
+    used more recently in O(log ids), and timestamps are renumbered when they run out.
     """
-    n_ids = last.shape[1]
+
+    def __init__(self, caches: int, ids: int) -> None:
+        self.span = 4 * ids
+        """Timestamps per renumbering."""
+        self.stamp = np.full((caches, ids), -1, np.int64)
+        self.tree = np.zeros((caches, self.span + 1), np.int64)
+        self.live = np.zeros(caches, np.int64)
+        self.clock = np.zeros(caches, np.int64)
+        self.counts = np.zeros(ids + 1, np.int64)
+
+    def feed(self, cache_of: np.ndarray, offsets: np.ndarray, ids: np.ndarray) -> None:
+        _lru_positions(cache_of, offsets, ids, self.stamp, self.tree, self.live, self.clock, self.counts)
+
+
+@njit(inline="always")
+def _tree_add(tree, c, i, delta):  # type: ignore[no-untyped-def]
+    i += 1
+    while i < tree.shape[1]:
+        tree[c, i] += delta
+        i += i & -i
+
+
+@njit(inline="always")
+def _tree_prefix(tree, c, i):  # type: ignore[no-untyped-def]
+    """Live timestamps ≤ i."""
+    total = 0
+    i += 1
+    while i > 0:
+        total += tree[c, i]
+        i -= i & -i
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _lru_positions(cache_of, offsets, ids, stamp, tree, live, clock, counts):  # type: ignore[no-untyped-def]
+    n_ids = stamp.shape[1]
+    span = tree.shape[1] - 1
     for r in range(len(cache_of)):
         c = cache_of[r]
         for j in range(offsets[r], offsets[r + 1]):
-            x = ids[j]
-            mine = last[c, x]
-            if mine < 0:
+            t = stamp[c, ids[j]]
+            if t < 0:
                 counts[n_ids] += 1
-                continue
-            position = 0
-            for y in range(n_ids):
-                other = last[c, y]
-                if other > mine or (other == mine and y > x):
-                    position += 1
-            counts[position] += 1
+            else:
+                counts[live[c] - _tree_prefix(tree, c, t)] += 1  # ids used after x
         for j in range(offsets[r], offsets[r + 1]):
-            last[c, ids[j]] = first_request + r
+            x = ids[j]
+            if clock[c] == span:  # renumber the live timestamps 0 … live−1, in order
+                order = np.argsort(stamp[c])
+                tree[c, :] = 0
+                fresh = 0
+                for y in order:
+                    if stamp[c, y] >= 0:
+                        stamp[c, y] = fresh
+                        _tree_add(tree, c, fresh, 1)
+                        fresh += 1
+                clock[c] = fresh
+            t = stamp[c, x]
+            if t >= 0:
+                _tree_add(tree, c, t, -1)
+            else:
+                live[c] += 1
+            stamp[c, x] = clock[c]
+            _tree_add(tree, c, clock[c], 1)
+            clock[c] += 1

@@ -13,7 +13,7 @@ import numpy as np
 
 from moetrace.errors import InvalidArgumentError
 from moetrace.sim.chunks import ChunkedStream, StreamInfo
-from moetrace.sim.engine import lru_positions
+from moetrace.sim.engine import LruStacks
 from moetrace.sim.policies import ALL, PolicySpec, parse_policy, registered
 from moetrace.sim.reference import Counts, check_capacity
 from moetrace.sim.replay import Replay, prefetch_space, replay
@@ -325,15 +325,14 @@ class _LruCurve:
     def __init__(self, chunks: ChunkedStream) -> None:
         self.info = chunks.info
         self.ids = chunks.space.ids
-        self.last = np.full((chunks.space.caches, self.ids), -1, np.int64)
-        self.counts = np.zeros(self.ids + 1, np.int64)
+        self.stacks = LruStacks(chunks.space.caches, self.ids)
 
     def feed(self, chunk: Any) -> None:
-        lru_positions(chunk.cache_of, chunk.stream.offsets, chunk.ids, self.last, chunk.first_request, self.counts)
+        self.stacks.feed(chunk.cache_of, chunk.stream.offsets, chunk.ids)
 
     def rates(self) -> tuple[np.ndarray, np.ndarray]:
         capacities = np.arange(max(self.info.largest, self.info.top_k), self.ids + 1)
-        hits_below = np.concatenate([[0], np.cumsum(self.counts[: self.ids])])  # accesses with position < C
+        hits_below = np.concatenate([[0], np.cumsum(self.stacks.counts[: self.ids])])  # accesses with position < C
         return capacities, hits_below[capacities] / max(self.info.accesses, 1)
 
 

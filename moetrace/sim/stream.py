@@ -9,6 +9,7 @@ inserted in ascending id order.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -95,7 +96,7 @@ def stream_chunks(
     sql = (f"SELECT seq_id, pos, step, layer, experts FROM read_parquet([{parts}], union_by_name = true) {where} "
            f"ORDER BY {', '.join(ROW_ORDER[order])}")  # fmt: skip
     unit_columns = ("seq_id", "pos", "step") if order == "token" else ("step",)
-    connection = duckdb.connect()
+    connection = duckdb.connect(config={"memory_limit": "1GB", "temp_directory": tempfile.gettempdir()})
     try:
         relation = connection.sql(sql)
         reader = getattr(relation, "to_arrow_reader", relation.fetch_arrow_reader)(rows)  # DuckDB 2 renamed it
