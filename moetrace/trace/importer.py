@@ -167,7 +167,7 @@ class TableScan:
 
 
 def scan_table(table: RouteTable, progress: Progress | None = None) -> TableScan:
-    """First pass: read the key columns batch by batch; never the whole table."""
+    """First pass: read the key columns batch by batch, never the whole table; stop at the first bad value."""
     scan = TableScan()
     for batch in table.batches(["step", "seq_id", "pos", "layer", "experts", "phase"]):
         batch = normalise(batch, ROUTE_COLUMNS, None, str(table.src))
@@ -178,9 +178,14 @@ def scan_table(table: RouteTable, progress: Progress | None = None) -> TableScan
         width = experts.type.list_size
         low, high = scan.widths or (width, width)
         scan.widths = (min(low, width), max(high, width))
+        if scan.widths[0] != scan.widths[1]:
+            shortest, longest = scan.widths
+            raise TraceFormatError(f"column 'experts' holds lists of different lengths ({shortest} to {longest})")
         values = pc.list_flatten(experts)
         scan.min_expert = min(scan.min_expert, int(pc.min(values).as_py() or 0))
         scan.max_expert = max(scan.max_expert, int(pc.max(values).as_py() or 0))
+        if scan.min_expert < 0:
+            raise TraceFormatError(f"{table.src}: column 'experts' holds negative expert ids")
         keys = [_int64(batch.column(name)) for name in SORT_KEYS if name in batch.column_names]
         scan.layers = np.union1d(scan.layers, _int64(pc.unique(batch.column("layer"))))
         scan.seq_ids = np.union1d(scan.seq_ids, _int64(pc.unique(batch.column("seq_id"))))
@@ -190,6 +195,12 @@ def scan_table(table: RouteTable, progress: Progress | None = None) -> TableScan
         )
         if "phase" in batch.column_names:
             scan.phases |= set(pc.unique(batch.column("phase").cast(pa.string())).to_pylist())
+            bad = scan.phases - set(PHASES)
+            if bad:
+                expected = ", ".join(PHASES)
+                raise TraceFormatError(
+                    f"{table.src}: column 'phase' holds {sorted(map(str, bad))}; expected {expected}"
+                )
         if scan.ordered:
             joined = keys if scan.last_key is None else [np.concatenate([a, b]) for a, b in zip(scan.last_key, keys)]
             scan.ordered = _non_decreasing(joined)
@@ -243,11 +254,7 @@ def import_routes(
     scan = scan_table(table, progress)
     if first is None or scan.rows == 0 or scan.widths is None:
         raise TraceFormatError(f"{src}: route table has no rows")
-    low, top_k = scan.widths
-    if low != top_k:
-        raise TraceFormatError(f"column 'experts' holds lists of different lengths ({low} to {top_k})")
-    if scan.min_expert < 0:
-        raise TraceFormatError(f"{src}: column 'experts' holds negative expert ids")
+    top_k = scan.widths[1]
     seen = scan.max_expert + 1
     if num_experts is None:
         num_experts = seen
@@ -255,9 +262,6 @@ def import_routes(
         raise InvalidArgumentError(f"--num-experts {num_experts} is too small: {src} routes to expert {seen - 1}")
     if top_k > num_experts:
         raise TraceFormatError(f"{src}: rows list {top_k} experts but there are only {num_experts}")
-    bad = scan.phases - set(PHASES)
-    if bad:
-        raise TraceFormatError(f"{src}: column 'phase' holds {sorted(map(str, bad))}; expected {', '.join(PHASES)}")
     info = ModelInfo(
         num_experts=num_experts, top_k=top_k, moe_layers=tuple(int(x) for x in scan.layers),
         name=model_name or src.stem, model_type=None,
