@@ -45,3 +45,7 @@ class InvalidArgumentError(MoetraceError, ValueError):
 
 class PredictorFileError(MoetraceError):
     """A predictor file is not one moetrace saved (a pickle, a foreign or truncated file) or is from a newer format."""
+
+
+class QueryError(MoetraceError):
+    """SQL over a trace failed (a syntax error, an unknown table or column, a failed cast)."""
