@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from moetrace import __version__
-from moetrace.cli import demo, importer, inspect, predict, record, run, simulate
+from moetrace.cli import demo, importer, inspect, predict, query, record, run, simulate
 from moetrace.cli.options import RegistryCommand
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.command("record")(record.record_command)
 app.command("inspect")(inspect.inspect_command)
 app.command("import")(importer.import_command)
+app.command("query")(query.query_command)
 app.command("demo")(demo.demo_command)
 app.add_typer(predict.predict_app, name="predict")
 app.command("simulate", cls=RegistryCommand)(simulate.simulate_command)
