@@ -38,6 +38,8 @@ BATCH_ROWS = 65_536
 BUCKET_ROWS = 1_048_576
 """Rows of an out-of-order table sorted at a time (a bucket holds whole steps, so one larger step is one bucket)."""
 LIST_COLUMNS = ("experts", "weights", "pregate_experts")
+COUNT_KEYS = 1 << 22
+"""Load keys (steps × phases × layers × experts) counted at a time: a bincount of 32 MB."""
 
 #: progress(rows_done, rows_total, stage): stage "checking" (the first pass; rows_total is 0 where the
 #: file does not say, as in CSV) or "writing"
@@ -275,7 +277,7 @@ def import_routes(
     try:
         with tempfile.TemporaryDirectory(prefix=f".{out.name}.import-", dir=out.parent) as spill:
             rows = _in_trace_order(table, scan, top_k, Path(spill))
-            _write(writer, _slices(rows, flush_rows), top_k, scan.rows, progress)
+            _write(writer, _slices(rows, flush_rows), scan.rows, progress)
     except BaseException:
         writer.closed = True  # nothing is kept of a failed import
         shutil.rmtree(writer.write_dir, ignore_errors=True)
@@ -345,15 +347,19 @@ def _slices(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
         yield pa.concat_tables(pending)
 
 
-def _write(writer: TraceWriter, slices: Iterator[pa.Table], top_k: int, total: int, progress: Progress | None) -> None:
+def _write(writer: TraceWriter, slices: Iterator[pa.Table], total: int, progress: Progress | None) -> None:
     """Write route slices in trace order, and the load of each step once its last row has passed."""
+    info = writer.meta.model
+    top_k, keys_per_step = info.top_k, len(PHASES) * (max(info.moe_layers) + 1) * info.num_experts
     done = 0
     carried: pa.Table | None = None  # load counts of the last step seen, which the next slice may continue
     for piece in slices:
         _write_slice(writer, piece)
-        counts = load_from_routes(piece.select(["step", "phase", "layer", "experts"]), top_k)
-        if carried is not None:
-            counts = _sum_counts(pa.concat_tables([carried, counts]))
+        counts = _slice_load(piece, top_k, keys_per_step)
+        if carried is not None and carried.num_rows:
+            same = pc.equal(counts.column("step"), carried.column("step")[0])
+            merged = _sum_counts(pa.concat_tables([carried, counts.filter(same)]))
+            counts = pa.concat_tables([merged, counts.filter(pc.invert(same))])
         last = piece.column("step")[-1]
         complete = pc.less(counts.column("step"), last)
         _write_load(writer, counts.filter(complete))
@@ -363,6 +369,28 @@ def _write(writer: TraceWriter, slices: Iterator[pa.Table], top_k: int, total: i
             progress(done, total, "writing")
     if carried is not None:
         _write_load(writer, carried)
+
+
+def _slice_load(piece: pa.Table, top_k: int, keys_per_step: int) -> pa.Table:
+    """The load of a slice of route rows (sorted by step), sorted by (step, phase, layer, expert).
+
+    Counted a few steps at a time, with steps counted from the first of each group: load_from_routes
+    then counts with a bincount over at most COUNT_KEYS keys (phases × layers × experts a step)."""
+    step = piece.column("step").to_numpy()
+    offset = step - step[0]
+    bounds = np.searchsorted(offset, np.arange(0, offset[-1] + 1, max(1, COUNT_KEYS // keys_per_step)))
+    parts = []
+    for start, stop in zip(bounds, [*bounds[1:], len(step)]):
+        if stop > start:
+            rows = piece.slice(start, stop - start)
+            first = int(step[start])
+            columns = {
+                "step": pa.array(step[start:stop] - first),
+                **{k: rows.column(k) for k in ("phase", "layer", "experts")},
+            }
+            counts = load_from_routes(pa.table(columns), top_k)
+            parts.append(counts.set_column(0, "step", pa.array(counts.column("step").to_numpy() + first, pa.int32())))
+    return pa.concat_tables(parts)
 
 
 def _sum_counts(load: pa.Table) -> pa.Table:
