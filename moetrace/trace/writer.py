@@ -3,9 +3,10 @@
 Rows are buffered in numpy arrays and flushed to a new Parquet part every `flush_rows` rows, so
 memory does not grow with the run, and also once the oldest buffered row has waited `flush_seconds`
 (checked at each write), so a killed run loses at most its last ~30 s even where a part takes
-minutes to fill. Each part is written under a temporary name and renamed when
-complete; `meta.json` says `complete: false` until `close()`. A process killed at any moment leaves
-a trace whose complete parts all read back.
+minutes to fill (a caller that queues rows before writing them must keep its own queue as short).
+Each part is written under a temporary name and renamed when complete; `meta.json` says
+`complete: false` until `close()`. A process killed at any moment leaves a trace whose complete
+parts all read back.
 
 Replacing an existing trace (`force`) writes the new one into a hidden sibling directory and swaps
 it in only when it is complete: until then, and after a killed or failed run, the old trace stays.
