@@ -9,7 +9,6 @@ inserted in ascending id order.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -85,40 +84,32 @@ def stream_chunks(
     steps): their requests, one after another, are `build_stream`'s. The rows are sorted by DuckDB out
     of core, so memory does not grow with the trace."""
     _check(trace, order)
-    import duckdb
+    from moetrace.trace.query import query_batches
 
     where = ""
     if phase is not None:
         if phase not in PHASES:
             raise InvalidArgumentError(f"--phase must be one of {', '.join(PHASES)}, got {phase!r}")
         where = f"WHERE phase = '{phase}'"
-    parts = ", ".join(f"'{part}'" for part in trace.route_parts)
-    sql = (f"SELECT seq_id, pos, step, layer, experts FROM read_parquet([{parts}], union_by_name = true) {where} "
-           f"ORDER BY {', '.join(ROW_ORDER[order])}")  # fmt: skip
+    sql = f"SELECT seq_id, pos, step, layer, experts FROM routes {where} ORDER BY {', '.join(ROW_ORDER[order])}"
     unit_columns = ("seq_id", "pos", "step") if order == "token" else ("step",)
-    connection = duckdb.connect(config={"memory_limit": "1GB", "temp_directory": tempfile.gettempdir()})
-    try:
-        relation = connection.sql(sql)
-        reader = getattr(relation, "to_arrow_reader", relation.fetch_arrow_reader)(rows)  # DuckDB 2 renamed it
-        held: dict[str, np.ndarray] | None = None
-        produced = False
-        for batch in _gathered(reader, rows):
-            batch_rows = _batch_arrays(batch, trace.meta.model.top_k)
-            if held is not None:
-                batch_rows = {name: np.concatenate([held[name], batch_rows[name]]) for name in batch_rows}
-            # hold back the last unit: it may go on in the next batch
-            last = _last_unit_start(batch_rows, unit_columns)
-            held = {name: values[last:] for name, values in batch_rows.items()}
-            if last > 0:
-                produced = True
-                yield stream_from_rows({name: values[:last] for name, values in batch_rows.items()}, trace, order)
-        if held is not None and len(held["step"]):
+    held: dict[str, np.ndarray] | None = None
+    produced = False
+    for batch in _gathered(query_batches(trace, sql, batch_rows=rows), rows):
+        batch_rows = _batch_arrays(batch, trace.meta.model.top_k)
+        if held is not None:
+            batch_rows = {name: np.concatenate([held[name], batch_rows[name]]) for name in batch_rows}
+        # hold back the last unit: it may go on in the next batch
+        last = _last_unit_start(batch_rows, unit_columns)
+        held = {name: values[last:] for name, values in batch_rows.items()}
+        if last > 0:
             produced = True
-            yield stream_from_rows(held, trace, order)
-        if not produced:
-            raise TraceFormatError(f"trace {trace.path} has no routes{f' in phase {phase}' if phase else ''}")
-    finally:
-        connection.close()
+            yield stream_from_rows({name: values[:last] for name, values in batch_rows.items()}, trace, order)
+    if held is not None and len(held["step"]):
+        produced = True
+        yield stream_from_rows(held, trace, order)
+    if not produced:
+        raise TraceFormatError(f"trace {trace.path} has no routes{f' in phase {phase}' if phase else ''}")
 
 
 def _gathered(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.RecordBatch]:
