@@ -109,9 +109,7 @@ def detect_phases(shares: np.ndarray, window: int | None = None, factor: float =
     variance = np.full(length, np.nan)
     spread = np.full(length, np.nan)
     if length >= window:
-        view = np.lib.stride_tricks.sliding_window_view(flat, window, axis=0)  # (T-w+1, series, w)
-        variance[window - 1 :] = view.var(axis=2).mean(axis=1)
-        spread[window - 1 :] = (view.max(axis=2) - view.min(axis=2)).mean(axis=1)
+        variance[window - 1 :], spread[window - 1 :] = _windowed_means(flat, window)
     tail = slice(length - max(window, length // 5), length)
     variance_threshold = factor * float(np.nanmedian(variance[tail])) if length >= window else np.inf
     spread_threshold = factor * float(np.nanmedian(spread[tail])) if length >= window else np.inf
@@ -121,3 +119,27 @@ def detect_phases(shares: np.ndarray, window: int | None = None, factor: float =
     calm = np.flatnonzero((suffix_share <= 0.05) & ~exceeds)
     stable_start = int(calm[0]) if len(calm) else length
     return Phases(stable_start, window, variance, spread, variance_threshold, spread_threshold)
+
+
+def _windowed_means(flat: np.ndarray, window: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """For each window of `window` consecutive rows of (T, series): the variance and the range of each
+    series within it, averaged over series. A few series at a time, in O(T) memory per series: running
+    sums give the variance, scipy's running max and min the range."""
+    from scipy.ndimage import maximum_filter1d, minimum_filter1d
+
+    length, series = flat.shape
+    variance = np.zeros(length - window + 1)
+    spread = np.zeros(length - window + 1)
+    shift = (window - 1) // 2  # scipy centres its windows; this makes each end at its row
+    for first in range(0, series, block):
+        x = flat[:, first : first + block].astype(np.float64)
+        x = x - x.mean(axis=0)  # centred: the running sums lose no precision
+        sums = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), axis=0)
+        squares = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x * x]), axis=0)
+        total = sums[window:] - sums[:-window]
+        total_sq = squares[window:] - squares[:-window]
+        variance += np.maximum(total_sq / window - (total / window) ** 2, 0.0).sum(axis=1)
+        high = maximum_filter1d(x, window, axis=0, origin=shift)[window - 1 :]
+        low = minimum_filter1d(x, window, axis=0, origin=shift)[window - 1 :]
+        spread += (high - low).sum(axis=1)
+    return variance / series, spread / series
