@@ -87,3 +87,33 @@ def test_killed_writer_keeps_what_waited_flush_seconds(tmp_path) -> None:  # typ
     load_steps = np.unique(load.column("step").to_numpy())
     assert len(load_steps) > 0 and list(load_steps) == list(range(len(load_steps)))
     assert load.column("tokens").to_numpy().sum() == 4 * len(load_steps)
+
+
+SLOW_RECORD = """
+import sys, moetrace
+from moetrace.models.builtin import stand_in_model
+import moetrace.trace.recorder as recorder
+recorder._QUEUE_FORWARDS = 10**9  # only time sends the queued forwards to the writer
+loaded = stand_in_model()
+moetrace.record(loaded.model, None, sys.argv[1], tokenizer=loaded.tokenizer, max_new_tokens=200, batch_size=4,
+                flush_rows=10**9, flush_seconds=0.6)
+"""
+
+
+def test_a_recording_that_never_fills_a_part_still_writes_one_by_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The recorder's host queue and the writer both flush by time, so a killed run keeps what waited."""
+    out = tmp_path / "trace"
+    process = subprocess.Popen([sys.executable, "-c", SLOW_RECORD, str(out)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        while len(list((out / "routes").glob("part-*.parquet"))) < 2:
+            assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "recording wrote no parts in time"
+            time.sleep(0.05)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    with pytest.warns(IncompleteTraceWarning, match="incomplete"):
+        trace = open_trace(out)
+    assert len(trace.route_parts) >= 2
+    assert len(trace.routes(["seq_id"])) > 0

@@ -11,7 +11,7 @@ import torch
 
 from moetrace.errors import InvalidArgumentError, PromptsError
 from moetrace.trace.reader import Trace, open_trace
-from moetrace.trace.writer import DEFAULT_FLUSH_ROWS, check_output_dir
+from moetrace.trace.writer import DEFAULT_FLUSH_ROWS, DEFAULT_FLUSH_SECONDS, check_output_dir
 
 #: progress(sequences_done, sequences_total, tokens_routed_in_this_forward)
 Progress = Callable[[int, int, int], None]
@@ -41,6 +41,8 @@ class RecordConfig:
     """Allow a hub model's own Python code to run."""
     flush_rows: int = DEFAULT_FLUSH_ROWS
     """Route rows per Parquet part."""
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS
+    """A part is also written once its first row has waited this long: a killed run loses about this much."""
     pregate: bool = False
     """Also store, per token and MoE layer, the next MoE layer's router applied to this layer's output."""
 
@@ -54,6 +56,8 @@ class RecordConfig:
             raise InvalidArgumentError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.flush_rows < 1:
             raise InvalidArgumentError(f"flush_rows must be at least 1, got {self.flush_rows}")
+        if self.flush_seconds <= 0:
+            raise InvalidArgumentError(f"flush_seconds must be positive, got {self.flush_seconds}")
         resolve_dtype(self.dtype, resolve_device(self.device))  # refused before any model is loaded or built
         if self.prompts not in (None, BUILTIN, LISTED) and not Path(self.prompts).is_file():
             path = Path(self.prompts)
@@ -129,6 +133,7 @@ def record(
             run=run,
             eos_token_ids=eos_ids,
             flush_rows=config.flush_rows,
+            flush_seconds=config.flush_seconds,
             on_forward=on_forward,
             pregate=config.pregate,
         ) as tracer,

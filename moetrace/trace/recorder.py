@@ -25,7 +25,7 @@ from moetrace.errors import RecordingError
 from moetrace.models.adapters import MoEBlock, check_pregate, find_moe_blocks, text_config
 from moetrace.models.generation import FinishedRows, Forward, describe_forward, end_of_sequence_ids
 from moetrace.trace.meta import ModelInfo, TraceMeta
-from moetrace.trace.writer import DEFAULT_FLUSH_ROWS, TraceWriter
+from moetrace.trace.writer import DEFAULT_FLUSH_ROWS, DEFAULT_FLUSH_SECONDS, TraceWriter
 
 
 def model_info(model: nn.Module, blocks: list[MoEBlock], name: str | None = None) -> ModelInfo:
@@ -80,6 +80,7 @@ class Tracer:
         self._handles: list[Any] = []
         self._load_sum: torch.Tensor | None = None
         self._queue: list[_HostForward] = []
+        self._queued_since = 0.0
         self._pregate_pending: list[torch.Tensor | None] = [None] * len(blocks)
         self.run_updates: dict[str, Any] = {}
         """Entries added to meta.json's `run` when the trace is closed."""
@@ -232,11 +233,14 @@ class Tracer:
         record = _HostForward(self.step, phase, tuple(fired), experts, gate, pos, tokens, keep, seq_ids, pregate)
         if self._queue and not self._queue[-1].joins(record):
             self.flush()
+        if not self._queue:
+            self._queued_since = time.monotonic()
         self._queue.append(record)
         if not self.optimizer_steps:
             self.step += 1
-        if len(self._queue) >= _QUEUE_FORWARDS:
-            self.flush()
+        waited = time.monotonic() - self._queued_since
+        if len(self._queue) >= _QUEUE_FORWARDS or waited >= self.writer.flush_seconds / 3:
+            self.flush()  # the writer then keeps at most flush_seconds more: a killed run loses ~flush_seconds
 
     def flush(self) -> None:
         """Turn the forwards waiting on the host into route and load rows (vectorised over all of them)."""
@@ -348,6 +352,7 @@ def tracing(
     run: dict[str, Any] | None = None,
     eos_token_ids: Iterable[int] | None = None,
     flush_rows: int = DEFAULT_FLUSH_ROWS,
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     on_forward: Callable[[int], None] | None = None,
     optimizer_steps: bool = False,
     pregate: bool = False,
@@ -374,7 +379,13 @@ def tracing(
         check_pregate(blocks)
     extra = ("pregate_experts",) if pregate else ()
     writer = TraceWriter(
-        out_dir, meta, weights_type=weights_type, extra_columns=extra, flush_rows=flush_rows, force=force
+        out_dir,
+        meta,
+        weights_type=weights_type,
+        extra_columns=extra,
+        flush_rows=flush_rows,
+        flush_seconds=flush_seconds,
+        force=force,
     )
     tracer = Tracer(
         model, writer, blocks, eos_token_ids=eos_token_ids, on_forward=on_forward, optimizer_steps=optimizer_steps,
