@@ -103,36 +103,50 @@ class Trace:
     # -- load ---------------------------------------------------------------------------------
 
     def load(self, columns: list[str] | None = None) -> pa.Table:
-        """The load rows as one Arrow table; derived from the routes when the trace has no load parts."""
+        """The load rows as one Arrow table; counted from the routes by DuckDB (over the parts in
+        place, ordered by step, layer and expert) when the trace has no load parts."""
         if self.load_parts:
             return _read_parts(self.load_parts, LOAD_COLUMNS, None, columns, "load")
-        table = load_from_routes(self.routes(["step", "phase", "layer", "experts"]), self.meta.model.top_k)
+        from moetrace.trace.query import query
+
+        table = query(self, "SELECT * FROM load ORDER BY step, layer, expert")
+        table = normalise(table, LOAD_COLUMNS, None, f"{self.path} (load counted from routes)")
         return table.select(columns) if columns else table
 
     def load_df(self, columns: list[str] | None = None) -> Any:
         return self.load(columns).to_pandas()
 
     def dense_load(self, phase: str | None = None) -> DenseLoad:
-        """Load as a dense steps × layers × experts array; steps with no routing at all are left out."""
-        table = self.load(["step", "phase", "layer", "expert", "tokens"])
-        step = table.column("step").to_numpy()
-        phases = _to_numpy(table.column("phase"))
-        if phase is not None:
-            if phase not in PHASES:
-                raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
-            keep = phases == phase
-            table, step, phases = table.filter(pa.array(keep)), step[keep], phases[keep]
-        layer = table.column("layer").to_numpy().astype(np.int64)
-        expert = table.column("expert").to_numpy().astype(np.int64)
-        tokens = table.column("tokens").to_numpy().astype(np.int64)
+        """Load as a dense steps × layers × experts array; steps with no routing at all are left out.
+
+        The sums per (step, phase, layer, expert) are a DuckDB query over the parts in place, so only
+        that aggregate is in memory, not the route rows it is counted from."""
+        from moetrace.trace.query import connect, sql_string
+
+        if phase is not None and phase not in PHASES:
+            raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
+        where = f"WHERE phase = {sql_string(phase)}" if phase is not None else ""
+        con = connect(self)
+        try:
+            got = con.sql(
+                f"SELECT step, phase, layer, expert, sum(tokens)::BIGINT AS tokens FROM load {where} "
+                "GROUP BY step, phase, layer, expert"
+            ).fetchnumpy()
+        finally:
+            con.close()
+        step = np.asarray(got["step"], np.int64)
+        phases = np.asarray(got["phase"]).astype(str)
+        unknown = sorted(set(np.unique(phases).tolist()) - set(PHASES))
+        if unknown:
+            raise TraceFormatError(f"column 'phase' holds {unknown}; expected {', '.join(PHASES)}")
+        layer = np.asarray(got["layer"], np.int64)
+        expert = np.asarray(got["expert"], np.int64)
         layers = self.meta.model.moe_layers
-        layer_pos = _layer_positions(layer, layers, str(self.path))
         num_experts = self.meta.model.num_experts
-        if len(expert) and (expert.min() < 0 or expert.max() >= num_experts):
-            raise TraceFormatError(f"{self.path}: load names an expert outside 0..{num_experts - 1}")
+        layer_pos = check_load_indices(layer, expert, layers, num_experts, str(self.path))
         steps, step_row = np.unique(step, return_inverse=True)
         dense = np.zeros((len(steps), len(layers), num_experts), np.int64)
-        np.add.at(dense, (step_row, layer_pos, expert), tokens)
+        np.add.at(dense, (step_row, layer_pos, expert), np.asarray(got["tokens"], np.int64))
         step_phase = np.empty(len(steps), dtype=object)
         step_phase[step_row] = phases
         return DenseLoad(steps=steps, phases=step_phase.astype(str), layers=tuple(layers), tokens=dense)
@@ -211,6 +225,17 @@ def _phase_codes(phase: np.ndarray) -> np.ndarray:
     if unknown:
         raise TraceFormatError(f"column 'phase' holds {unknown}; expected {', '.join(PHASES)}")
     return np.array([PHASES.index(n) for n in names], np.int64)[inverse] if len(phase) else np.zeros(0, np.int64)
+
+
+def check_load_indices(
+    layer: np.ndarray, expert: np.ndarray, layers: tuple[int, ...], num_experts: int, where: str
+) -> np.ndarray:
+    """Each row's position in `layers`; an error naming the first layers or the expert range when a
+    row's layer is not an MoE layer of the trace or its expert is outside 0..num_experts-1."""
+    layer_pos = _layer_positions(layer, layers, where)
+    if len(expert) and (expert.min() < 0 or expert.max() >= num_experts):
+        raise TraceFormatError(f"{where}: load names an expert outside 0..{num_experts - 1}")
+    return layer_pos
 
 
 def _layer_positions(layer: np.ndarray, layers: tuple[int, ...], where: str) -> np.ndarray:

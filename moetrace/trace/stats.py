@@ -14,14 +14,18 @@ Definitions (docs/trace-format.md repeats them):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from moetrace.errors import TraceFormatError
 from moetrace.trace.reader import Trace
 
 _CHUNK = 65_536
+_BATCH_ROWS = 131_072
+"""Joined rows per batch handed to the compiled loops."""
 
 
 @dataclass
@@ -70,35 +74,75 @@ class TraceStats:
         return data
 
 
-def trace_stats(trace: Trace, hottest: int = 3) -> TraceStats:
-    """Compute the summary that `moetrace inspect` shows."""
+def trace_stats(trace: Trace, hottest: int = 3, *, memory_limit: str | None = None) -> TraceStats:
+    """Compute the summary that `moetrace inspect` shows.
+
+    Every pass is a DuckDB query over the trace's parts in place (see `moetrace.trace.query`), so
+    memory holds aggregates (experts × experts per layer pair, the per-layer load) and a few
+    batches of rows, not the trace: it does not grow with the number of rows."""
+    from moetrace.trace.query import connect
+
     meta = trace.meta
     num_experts, top_k = meta.model.num_experts, meta.model.top_k
-    load = trace.dense_load()
-    per_layer = load.tokens.sum(axis=0)  # (L, E)
-    phases = {str(p): int(n) for p, n in zip(*np.unique(load.phases, return_counts=True))}
-    stats = TraceStats(
-        model=meta.model.name,
-        model_type=meta.model.model_type,
-        mode=meta.run.get("mode"),
-        num_experts=num_experts,
-        top_k=top_k,
-        sequences=None,
-        tokens=None,
-        steps=len(load.steps),
-        phases=phases,
-        complete=meta.complete,
-        layers=[_load_stats(layer, counts, hottest) for layer, counts in zip(meta.model.moe_layers, per_layer)],
-    )
-    if phases.get("train", 0) >= 100:
-        shares = load.shares()[load.phases == "train"]
-        window = max(5, len(shares) // 100)
-        stats.variance_window = window
-        stats.load_variance_start = windowed_variance(shares[: len(shares) // 10], window)
-        stats.load_variance_end = windowed_variance(shares[-(len(shares) // 5) :], window)
-    if trace.has_routes:
-        _add_route_stats(trace, stats)
+    con = connect(trace, memory_limit=memory_limit)
+    try:
+        per_layer, phases, steps = _load_summary(con, trace)
+        stats = TraceStats(
+            model=meta.model.name,
+            model_type=meta.model.model_type,
+            mode=meta.run.get("mode"),
+            num_experts=num_experts,
+            top_k=top_k,
+            sequences=None,
+            tokens=None,
+            steps=steps,
+            phases=phases,
+            complete=meta.complete,
+            layers=[_load_stats(layer, counts, hottest) for layer, counts in zip(meta.model.moe_layers, per_layer)],
+        )
+        if phases.get("train", 0) >= 100:
+            load = trace.dense_load(phase="train")
+            shares = load.shares()
+            window = max(5, len(shares) // 100)
+            stats.variance_window = window
+            stats.load_variance_start = windowed_variance(shares[: len(shares) // 10], window)
+            stats.load_variance_end = windowed_variance(shares[-(len(shares) // 5) :], window)
+        if trace.has_routes:
+            _add_route_stats(con, trace, stats)
+    finally:
+        con.close()
     return stats
+
+
+def _load_summary(con: Any, trace: Trace) -> tuple[np.ndarray, dict[str, int], int]:
+    """((L, E) routings per MoE layer and expert over all steps, steps per phase, steps).
+
+    Counted from the load parts, or straight from the routes when there are none (the same sums
+    as the derived load, without grouping by step first). A step's phase is the largest name it
+    was recorded under (a step has one phase in every trace moetrace writes)."""
+    from moetrace.trace.reader import check_load_indices
+
+    if trace.load_parts:
+        counts = "SELECT layer, expert, sum(tokens)::BIGINT AS n FROM load GROUP BY layer, expert"
+        source = "load"
+    else:
+        counts = (
+            "SELECT layer, expert, count(*) AS n FROM (SELECT layer, unnest(experts) AS expert FROM routes) "
+            "GROUP BY layer, expert"
+        )
+        source = "routes"
+    got = con.sql(counts).fetchnumpy()
+    layer, expert = np.asarray(got["layer"], np.int64), np.asarray(got["expert"], np.int64)
+    model = trace.meta.model
+    layer_pos = check_load_indices(layer, expert, model.moe_layers, model.num_experts, str(trace.path))
+    per_layer = np.zeros((len(model.moe_layers), model.num_experts), np.int64)
+    np.add.at(per_layer, (layer_pos, expert), np.asarray(got["n"], np.int64))
+    rows = con.sql(
+        f"SELECT phase, count(*) FROM (SELECT step, max(phase) AS phase FROM {source} GROUP BY step) "
+        "GROUP BY phase ORDER BY phase"
+    ).fetchall()
+    phases = {str(p): int(n) for p, n in rows}
+    return per_layer, phases, sum(phases.values())
 
 
 def windowed_variance(shares: np.ndarray, window: int) -> float:
@@ -136,50 +180,127 @@ def _load_stats(layer: int, counts: np.ndarray, hottest: int) -> LayerStats:
     )
 
 
-def _add_route_stats(trace: Trace, stats: TraceStats) -> None:
-    routes = trace.routes_arrays(["seq_id", "pos", "layer", "experts"])
-    seq = routes["seq_id"].astype(np.int64)
-    pos = routes["pos"].astype(np.int64)
-    layer = routes["layer"].astype(np.int64)
-    experts = routes["experts"].astype(np.int64)
-    token_key = seq * (int(pos.max(initial=0)) + 2) + pos  # +2: no two sequences' keys are adjacent
-    stats.sequences = int(len(np.unique(seq)))
-    stats.tokens = int(len(np.unique(token_key)))
-    order = np.lexsort((token_key, layer))
-    layer, token_key, experts = layer[order], token_key[order], experts[order]
-    layers = trace.meta.model.moe_layers
-    bounds = np.searchsorted(layer, np.array(layers + (max(layers) + 1,)))
+def _add_route_stats(con: Any, trace: Trace, stats: TraceStats) -> None:
+    """Sequences, tokens, temporal locality and inter-layer predictability, from two joins of the routes.
+
+    A token is a (seq_id, pos); its row at a layer is paired with the same layer's row of (seq_id,
+    pos + 1) for temporal locality and with the next MoE layer's row of the same token for the
+    co-occurrence table (pass 1) and its recall (pass 2). Joined rows stream in batches."""
+    from moetrace.trace import stats_kernels as kernels
+
+    model = trace.meta.model
+    layers, k, num_experts = model.moe_layers, model.top_k, model.num_experts
+    sequences, tokens, low, high, shortest, longest = con.sql(
+        "SELECT count(DISTINCT seq_id), count(DISTINCT (seq_id, pos)), min(list_min(experts)), "
+        "max(list_max(experts)), min(len(experts)), max(len(experts)) FROM routes"
+    ).fetchall()[0]
+    stats.sequences, stats.tokens = int(sequences), int(tokens)
+    if stats.tokens == 0:
+        return
+    if shortest != k or longest != k:
+        raise TraceFormatError(f"{trace.path}: column 'experts' holds lists whose length is not top_k = {k}")
+    if low < 0 or high >= num_experts:
+        raise TraceFormatError(f"{trace.path}: routes name an expert outside 0..{num_experts - 1}")
+    unknown = con.sql(
+        f"SELECT DISTINCT layer FROM routes WHERE layer NOT IN ({', '.join(map(str, layers))}) ORDER BY layer LIMIT 5"
+    ).fetchall()
+    if unknown:
+        bad = [int(row[0]) for row in unknown]
+        raise TraceFormatError(f"{trace.path}: layer(s) {bad} are not in meta.json's moe_layers {list(layers)}")
+    packing = _Packing.of(num_experts, k)
+    con.execute("CREATE OR REPLACE TEMP TABLE moe_layer(layer SMALLINT, idx SMALLINT)")
+    con.executemany("INSERT INTO moe_layer VALUES (?, ?)", [(layer, i) for i, layer in enumerate(layers)])
+    packed = (
+        f"WITH p AS (SELECT m.idx, r.seq_id, r.pos, {packing.select('r.experts')} "
+        "FROM routes r JOIN moe_layer m ON r.layer = m.layer) "
+    )
+    words_a, words_b = packing.columns("a"), packing.columns("b")
+    # temporal locality: a token's experts at a layer against the next token's of its sequence
+    overlap, pairs = np.zeros(len(layers), np.int64), np.zeros(len(layers), np.int64)
+    successors = f"{packed} SELECT a.idx, {words_a}, {words_b} FROM p a JOIN p b ON a.idx = b.idx AND a.seq_id = b.seq_id AND b.pos = a.pos + 1"
+    for layer, a, b in packing.batches(con, successors):
+        kernels.overlap_sums(layer, a, b, k, packing.bits, packing.per_word, overlap)
+        pairs += np.bincount(layer, minlength=len(layers))
+    # inter-layer: pass 1 counts the co-occurrence table, pass 2 scores each token with it
+    nexts = f"{packed} SELECT a.idx, {words_a}, {words_b} FROM p a JOIN p b ON b.idx = a.idx + 1 AND a.seq_id = b.seq_id AND b.pos = a.pos"
+    table = np.zeros((max(len(layers) - 1, 1), num_experts, num_experts), np.int64)
+    matched = np.zeros(len(table), np.int64)
+    for layer, src, dst in packing.batches(con, nexts):
+        order = np.argsort(layer, kind="stable")
+        _check(kernels.count_pairs(order, layer, src, dst, k, packing.bits, packing.per_word, table), trace)
+        matched += np.bincount(layer, minlength=len(table))
+    hits = np.zeros(len(table), np.int64)
+    if matched.any():
+        scored = table.astype(np.int32) if k * int(matched.max()) < 2**31 else table
+        for layer, src, dst in packing.batches(con, nexts):
+            order = np.argsort(layer, kind="stable")
+            _check(kernels.recall_hits(order, layer, src, dst, k, packing.bits, packing.per_word, scored, hits), trace)
+    _fill_route_stats(stats, overlap, pairs, table, matched, hits)
+
+
+def _fill_route_stats(
+    stats: TraceStats, overlap: np.ndarray, pairs: np.ndarray, table: np.ndarray, matched: np.ndarray, hits: np.ndarray
+) -> None:
     k = stats.top_k
-    locality_sum = locality_n = 0.0
-    recall_sum = popularity_sum = recall_n = 0.0
+    popular_hits = np.zeros(len(table), np.int64)
     for i, layer_stats in enumerate(stats.layers):
-        a, b = bounds[i], bounds[i + 1]
-        keys, chosen = token_key[a:b], experts[a:b]
-        consecutive = np.flatnonzero(np.diff(keys) == 1)
-        # key + 1 is the next position of the same sequence (keys of different sequences are far apart)
-        if len(consecutive):
-            overlap = _overlap(chosen[consecutive], chosen[consecutive + 1])
-            layer_stats.temporal_locality = float(overlap.sum() / (k * len(consecutive)))
-            locality_sum += overlap.sum()
-            locality_n += k * len(consecutive)
-        if i + 1 < len(layers):
-            c, d = bounds[i + 1], bounds[i + 2]
-            here = np.searchsorted(token_key[c:d], keys)
-            here = np.minimum(here, max(d - c - 1, 0))
-            matched = (d > c) & (token_key[c:d][here] == keys) if d > c else np.zeros(len(keys), bool)
-            if matched.any():
-                src, dst = chosen[matched], experts[c:d][here[matched]]
-                hits, popular_hits = _cooccurrence_recall(src, dst, stats.num_experts)
-                layer_stats.next_layer_recall = hits / (k * len(src))
-                layer_stats.next_layer_popularity_recall = popular_hits / (k * len(src))
-                recall_sum += hits
-                popularity_sum += popular_hits
-                recall_n += k * len(src)
-    if locality_n:
-        stats.temporal_locality = locality_sum / locality_n
-    if recall_n:
-        stats.inter_layer_predictability = recall_sum / recall_n
-        stats.inter_layer_popularity = popularity_sum / recall_n
+        if pairs[i]:
+            layer_stats.temporal_locality = float(overlap[i] / (k * pairs[i]))
+        if i + 1 < len(stats.layers) and matched[i]:
+            dst_counts = table[i].sum(axis=0) // k  # each joined row adds k to each of its dst experts' columns
+            popular_hits[i] = dst_counts[np.argsort(-dst_counts, kind="stable")[:k]].sum()
+            layer_stats.next_layer_recall = float(hits[i] / (k * matched[i]))
+            layer_stats.next_layer_popularity_recall = float(popular_hits[i] / (k * matched[i]))
+    if pairs.sum():
+        stats.temporal_locality = float(overlap.sum() / (k * pairs.sum()))
+    if matched.sum():
+        stats.inter_layer_predictability = float(hits.sum() / (k * matched.sum()))
+        stats.inter_layer_popularity = float(popular_hits.sum() / (k * matched.sum()))
+
+
+def _check(status: int, trace: Trace) -> None:
+    if status < 0:
+        raise TraceFormatError(f"{trace.path}: routes name an expert outside 0..{trace.meta.model.num_experts - 1}")
+
+
+@dataclass(frozen=True)
+class _Packing:
+    """How a row's k experts are packed into unsigned 64-bit words for the joins."""
+
+    k: int
+    bits: int
+    """Bits per expert id: 8 up to 256 experts, else 16."""
+    per_word: int
+    words: int
+
+    @classmethod
+    def of(cls, num_experts: int, k: int) -> _Packing:
+        bits = 8 if num_experts <= 256 else 16
+        per_word = 64 // bits
+        return cls(k, bits, per_word, -(-k // per_word))
+
+    def select(self, column: str) -> str:
+        """SELECT items `w0, w1, ...` packing the list `column`."""
+        items = []
+        for w in range(self.words):
+            parts = [
+                f"(({column}[{i + 1}]::UBIGINT) << {(i % self.per_word) * self.bits})"
+                for i in range(w * self.per_word, min(self.k, (w + 1) * self.per_word))
+            ]
+            items.append(f"{' | '.join(parts)} AS w{w}")
+        return ", ".join(items)
+
+    def columns(self, alias: str) -> str:
+        return ", ".join(f"{alias}.w{w}" for w in range(self.words))
+
+    def batches(self, con: Any, sql: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(layer index, words of a, words of b) per batch of the joined rows of `sql`."""
+        for batch in con.sql(sql).to_arrow_reader(_BATCH_ROWS):
+            columns = [np.asarray(c.to_numpy()) for c in batch.columns]
+            layer = columns[0].astype(np.int64)
+            a = np.stack(columns[1 : 1 + self.words], axis=1).astype(np.uint64)
+            b = np.stack(columns[1 + self.words :], axis=1).astype(np.uint64)
+            yield layer, a, b
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -189,21 +310,6 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         x, y = a[s : s + _CHUNK], b[s : s + _CHUNK]
         out[s : s + _CHUNK] = (x[:, :, None] == y[:, None, :]).any(axis=2).sum(axis=1)
     return out
-
-
-def _cooccurrence_recall(src: np.ndarray, dst: np.ndarray, num_experts: int) -> tuple[int, int]:
-    """Hits of a co-occurrence predictor (src experts -> dst experts) and of the popularity predictor."""
-    k = dst.shape[1]
-    pairs = (src[:, :, None] * num_experts + dst[:, None, :]).reshape(-1)
-    table = np.bincount(pairs, minlength=num_experts * num_experts).reshape(num_experts, num_experts).astype(np.float64)
-    popular = np.argsort(-np.bincount(dst.reshape(-1), minlength=num_experts), kind="stable")[:k]
-    hits = 0
-    for s in range(0, len(src), _CHUNK // 4):
-        scores = multi_hot(src[s : s + _CHUNK // 4], num_experts) @ table  # (n, E), exact in float64
-        predicted = top_k_ids(scores.astype(np.int64), k)
-        hits += int(_overlap(predicted, dst[s : s + _CHUNK // 4]).sum())
-    popular_hits = int(np.isin(dst, popular).sum())
-    return hits, popular_hits
 
 
 def multi_hot(ids: np.ndarray, num_experts: int) -> np.ndarray:
