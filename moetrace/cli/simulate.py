@@ -9,6 +9,7 @@ import typer
 
 from moetrace.cli.common import (
     console,
+    err_console,
     handle_errors,
     parse_ints,
     parse_names,
@@ -17,7 +18,17 @@ from moetrace.cli.common import (
     print_json,
     print_written,
 )
-from moetrace.cli.options import Capacity, GpuMemory, Json, Policies, Pool, Predictor, PrefetchBudget, TraceArg
+from moetrace.cli.options import (
+    Capacity,
+    GpuMemory,
+    Json,
+    Policies,
+    Pool,
+    Predictor,
+    PrefetchBudget,
+    RayAddress,
+    TraceArg,
+)
 
 
 @handle_errors
@@ -53,10 +64,12 @@ def simulate_command(
     plot: Annotated[
         Path | None, typer.Option(help="PNG: hit rate against capacity per policy (LRU's whole curve).")
     ] = None,
+    ray: RayAddress = None,
     json_output: Json = False,
 ) -> None:
     """Replay a trace against expert-cache policies: hit rates, bytes moved and time per token."""
     from moetrace.cli.progress import StageProgress
+    from moetrace.parallel import executor_for
     from moetrace.sim.simulate import SimConfig, capacity_for_memory, simulate
     from moetrace.trace.reader import open_trace
 
@@ -75,8 +88,11 @@ def simulate_command(
         layer_time=parse_seconds(layer_time, "--layer-time"), expert_bytes=expert_bytes, prefetch_depth=prefetch_depth,
         prefetch_budget=prefetch_budget, batch_size=batch_size,
     )  # fmt: skip
+    executor = executor_for(ray)
+    if executor is not None:
+        err_console.print(f"replays on {executor.describe()}", highlight=False)
     with StageProgress("replaying") as progress:
-        result = simulate(opened, config, predictor=predictor, progress=progress.update)
+        result = simulate(opened, config, predictor=predictor, progress=progress.update, executor=executor)
     if plot is not None:
         from moetrace.report.plots import plot_hit_rates
 
