@@ -151,7 +151,7 @@ class SimResult:
         return out
 
 
-CHUNK_ROWS = 2_000_000
+CHUNK_ROWS = 1_000_000
 """Route rows per chunk of a streamed replay: memory is about this many rows, whatever the trace."""
 
 

@@ -72,13 +72,16 @@ def build_stream(trace: Trace, order: str = "step", phase: str | None = None) ->
 ROW_COLUMNS = ("seq_id", "pos", "step", "layer", "experts", "phase")
 """What a stream is built from (`phase` only to filter)."""
 
+SORT_MEMORY = "512MB"
+"""What DuckDB may hold while it sorts the routes for a replay (beyond it, it spills to disk)."""
+
 ROW_ORDER = {"token": ("seq_id", "pos", "step", "layer"), "step": ("step", "layer")}
 """How route rows are sorted before they become a stream: by token (sequence, position; a token's
 layers in order), or by step (layers in order; need-sets merge a step's tokens)."""
 
 
 def stream_chunks(
-    trace: Trace, order: str = "step", phase: str | None = None, *, rows: int = 2_000_000
+    trace: Trace, order: str = "step", phase: str | None = None, *, rows: int = 1_000_000
 ) -> Iterator[Stream]:
     """The replay stream in pieces of about `rows` route rows, each a whole number of units (tokens or
     steps): their requests, one after another, are `build_stream`'s. The rows are sorted by DuckDB out
@@ -95,7 +98,7 @@ def stream_chunks(
     unit_columns = ("seq_id", "pos", "step") if order == "token" else ("step",)
     held: dict[str, np.ndarray] | None = None
     produced = False
-    for batch in _gathered(query_batches(trace, sql, batch_rows=rows), rows):
+    for batch in _gathered(query_batches(trace, sql, batch_rows=rows, memory_limit=SORT_MEMORY), rows):
         batch_rows = _batch_arrays(batch, trace.meta.model.top_k)
         if held is not None:
             batch_rows = {name: np.concatenate([held[name], batch_rows[name]]) for name in batch_rows}
