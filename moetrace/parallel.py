@@ -8,10 +8,11 @@ when a `RayExecutor` is made, and is the optional extra `moetrace[ray]`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 from typing import Any, TypeVar
@@ -70,7 +71,8 @@ class LocalExecutor(Executor):
             pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"))
         else:
             pool = ThreadPoolExecutor(max_workers=self.workers)
-        with pool:
+        # one BLAS thread per worker process: each would otherwise start one per core (oversubscribed)
+        with pool, _one_blas_thread() if self.processes else contextlib.nullcontext():
             for result in pool.map(fn, items, chunksize=max(1, len(items) // (4 * self.workers))):
                 results.append(result)
                 if progress is not None:
@@ -79,6 +81,25 @@ class LocalExecutor(Executor):
 
     def describe(self) -> str:
         return f"{self.workers} local {'processes' if self.processes else 'threads'}"
+
+
+_BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Children started inside inherit one BLAS thread each (unless the user set their own)."""
+    saved = {name: os.environ.get(name) for name in _BLAS_THREADS}
+    for name in _BLAS_THREADS:
+        os.environ.setdefault(name, "1")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class RayExecutor(Executor):

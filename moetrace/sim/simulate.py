@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -200,7 +201,10 @@ def simulate(
     else:
         pieces = stream_chunks(trace, config.order, config.phase, rows=CHUNK_ROWS)
     future = any(spec.policy.knows == "future" for spec in specs)
+    warming = threading.Thread(target=_warm_kernels, args=(specs,), daemon=True)
+    warming.start()  # numba loads the kernels while DuckDB sorts the routes
     with ChunkedStream(pieces, config.pool, future=future) as chunks:
+        warming.join()
         result = SimResult(config=config, stream=chunks.info, expert_bytes=expert_bytes)
         if expert_bytes is None:
             result.notes.append(
@@ -211,6 +215,15 @@ def simulate(
             transfer_s = (expert_bytes or 0) / config.bandwidth
             result.scheduling = schedule_rows(stream, config, transfer_s, specs)
     return result
+
+
+def _warm_kernels(specs: list[PolicySpec]) -> None:
+    """Load every kernel the replay will call (numba's first call costs ~0.5 s per process)."""
+    one = np.zeros(1, np.int64)
+    for policy in {spec.policy.name: spec.policy for spec in specs}.values():
+        warm = np.zeros((1, 2), np.int64) if policy.knows == "warmup" else None
+        Replay(policy, 1, 1, 2, warm=warm, never=2).feed(one, np.array([0, 1]), one, upcoming=np.ones(1, np.int64))
+    LruStacks(1, 2).feed(one, np.array([0, 1]), one)
 
 
 def _replay_all(
@@ -276,8 +289,8 @@ def _simulate_jobs(
     from dataclasses import replace
 
     jobs = [
-        (str(trace.path), replace(config, policies=(spec.text,), capacities=(capacity,), workers=1),
-         None if predictor is None else str(predictor))
+        (str(trace.path.resolve()), replace(config, policies=(spec.text,), capacities=(capacity,), workers=1),
+         None if predictor is None else str(Path(predictor).resolve()))
         for spec in specs for capacity in config.capacities
     ]  # fmt: skip
     done = executor.map(_simulate_one, jobs, progress=progress)
