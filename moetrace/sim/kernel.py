@@ -194,14 +194,15 @@ def _slot_for(state, c, x, guarded, residents, rank, count, slot, capacity):  # 
         count[c] += 1
         return count[c] - 1
     if RANKED:
-        best = 0
-        best_rank = rank[c, 0]
-        for s in range(1, capacity):
-            if rank[c, s] < best_rank:
-                best = s
-                best_rank = rank[c, s]
+        row = rank[c]
+        best_rank = GUARDED
+        for s in range(capacity):  # a plain minimum: the compiler vectorises it
+            best_rank = min(best_rank, row[s])
         if best_rank == GUARDED:
             return NOT_RESIDENT
+        best = 0
+        while row[best] != best_rank:  # keys are unique
+            best += 1
         v = residents[c, best]
     else:
         v = victim(state, c, x, guarded, residents[c], capacity)
