@@ -30,9 +30,9 @@ def inspect_command(
     opened = open_trace(trace)
     stats = trace_stats(opened, hottest=hottest)
     if plot is not None:
-        from moetrace.report.plots import plot_load
+        from moetrace.report.plots import plot_trace_load
 
-        plot_load(opened.dense_load(), plot, title=f"{stats.model} — {trace}")
+        plot_trace_load(opened, plot, title=f"{stats.model} — {trace}")
     if json_output:
         print_json(stats.to_dict())
         return

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from moetrace.errors import InvalidArgumentError, TraceFormatError
-from moetrace.trace.reader import Trace
+from moetrace.trace.reader import LoadSteps, Trace
 
 
 @dataclass(frozen=True)
@@ -27,48 +29,105 @@ class LoadSeries:
         return len(self.steps)
 
 
+BYTES_PER_CELL = 12
+"""What `load_series` holds per (row, layer, expert) at its peak: int32 counts and float64 shares."""
+
+
 def load_series(trace: Trace, phase: str | None = None, bucket: int | None = None) -> LoadSeries:
-    """The trace's load as share series; `bucket` sums consecutive steps until N tokens per layer are routed."""
+    """The trace's load as share series; `bucket` sums consecutive steps until N tokens per layer are routed.
+
+    The steps are grouped before the load is summed (DuckDB sums it per group), so the per-step
+    array is never built when `bucket` is given. A series that would take more than half of the
+    memory available is refused before the load is read."""
     if bucket is not None and bucket < 1:
         raise InvalidArgumentError(f"--bucket must be at least 1 token, got {bucket}")
-    dense = trace.dense_load(phase)
-    if len(dense.steps) == 0:
+    steps = trace.load_steps(phase)
+    if len(steps.steps) == 0:
         raise TraceFormatError(f"trace {trace.path} holds no load{f' in phase {phase}' if phase else ''}")
-    counts = dense.tokens.astype(np.float64)
-    steps = dense.steps
-    if bucket is not None:
-        counts, steps = _bucket(counts, steps, bucket * trace.meta.model.top_k)
+    rows = None if bucket is None else bucket_rows(steps.first_layer, bucket * trace.meta.model.top_k)
+    check_fits(trace, steps, rows, bucket)
+    dense = trace.dense_load(phase, steps=steps, row_of_step=rows)
+    counts = dense.tokens  # ours alone: filled in place
     totals = counts.sum(axis=2)
     if (totals == 0).any():
         # a step where a layer routed nothing (e.g. an MoE layer skipped): carry the previous shares
-        counts = _fill_empty(counts, totals)
+        _fill_empty(counts, totals)
         totals = counts.sum(axis=2)
-    return LoadSeries(steps=steps, shares=counts / totals[..., None], layers=dense.layers, tokens=totals)
+    shares = np.empty(counts.shape)
+    np.divide(counts, totals[..., None], out=shares)  # in buffered chunks: no float64 copy of the counts
+    return LoadSeries(steps=dense.steps, shares=shares, layers=dense.layers, tokens=totals.astype(np.float64))
 
 
-def _bucket(counts: np.ndarray, steps: np.ndarray, routings: int) -> tuple[np.ndarray, np.ndarray]:
-    """Group consecutive steps: a bucket closes once its first layer holds at least `routings` routings."""
-    per_step = counts[:, 0, :].sum(axis=1)
-    bucket_of = np.empty(len(per_step), np.int64)
-    bucket, filled = 0, 0.0
-    for i, routed in enumerate(per_step):
-        bucket_of[i] = bucket
-        filled += routed
-        if filled >= routings:
-            bucket, filled = bucket + 1, 0.0
-    n = int(bucket_of[-1]) + 1
-    out = np.zeros((n, *counts.shape[1:]))
-    np.add.at(out, bucket_of, counts)
-    first = np.full(n, -1, np.int64)
-    first[bucket_of[::-1]] = steps[::-1]
-    return out, first
+def bucket_rows(first_layer: np.ndarray, routings: int) -> np.ndarray:
+    """(S,) the row of each step when consecutive steps are grouped: a row closes at the first step at
+    which the row's first layer (`first_layer`: (S,) its routings per step) holds at least `routings`
+    routings; the last row may hold fewer.
+
+    Where a row that starts at each step would close is one searchsorted over the running sums; the
+    walk from row start to row start is then one Python step per row, not per step."""
+    ends = np.cumsum(first_layer, dtype=np.int64)  # routings up to and including each step
+    closes = np.searchsorted(ends, ends - first_layer + routings, side="left").tolist()
+    starts = np.zeros(len(first_layer), np.int64)
+    start = closes[0] + 1 if len(closes) else 0
+    while start < len(closes):
+        starts[start] = 1
+        start = closes[start] + 1
+    return np.cumsum(starts)
 
 
-def _fill_empty(counts: np.ndarray, totals: np.ndarray) -> np.ndarray:
-    counts = counts.copy()
+def check_fits(trace: Trace, steps: LoadSteps, rows: np.ndarray | None, bucket: int | None) -> None:
+    """Refuse a series of `rows` (one per step of `steps` when None) that would take more than half of
+    the memory available, suggesting a `--bucket` that fits."""
+    model = trace.meta.model
+    layers, experts = len(model.moe_layers), model.num_experts
+    length = len(steps.steps) if rows is None else int(rows[-1]) + 1
+    needed = length * layers * experts * BYTES_PER_CELL
+    available = available_memory()
+    if needed <= available // 2:
+        return
+    what = f"{length:,} steps" if bucket is None else f"{length:,} buckets of {bucket:,} tokens"
+    fitting = available // 2 // (layers * experts * BYTES_PER_CELL)  # rows that fit
+    # a row holds at least `bucket` × top_k routings of the first layer, but for the last
+    tokens = -(-int(steps.first_layer.sum()) // (model.top_k * max(fitting - 1, 1)))
+    hint = f", e.g. --bucket {1 << max(tokens - 1, 0).bit_length()}" if fitting > 1 else ""
+    raise InvalidArgumentError(
+        f"the load series would take {_size(needed)} ({what} × {layers} layers × {experts} experts), "
+        f"more than half of the {_size(available)} of memory available; "
+        f"group steps with --bucket N (tokens per row){hint}"
+    )
+
+
+def available_memory() -> int:
+    """Bytes of memory this process may still take: /proc/meminfo's MemAvailable (the physical
+    memory where there is none), less where a cgroup limit leaves less."""
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit.isdigit() and used.isdigit():
+            available = min(available, int(limit) - int(used))
+    except OSError:
+        pass
+    return available
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def _fill_empty(counts: np.ndarray, totals: np.ndarray) -> None:
+    """Rows where a layer routed nothing take that layer's previous row (ones before any), in place."""
     for t, layer in zip(*np.nonzero(totals == 0)):
-        counts[t, layer] = counts[t - 1, layer] if t > 0 else 1.0  # uniform when nothing came before
-    return counts
+        counts[t, layer] = counts[t - 1, layer] if t > 0 else 1  # uniform when nothing came before
 
 
 @dataclass(frozen=True)

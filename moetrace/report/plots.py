@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moetrace.trace.reader import DenseLoad
+from moetrace.trace.reader import DenseLoad, Trace
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -39,15 +39,29 @@ def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
     return out / counts
 
 
+def plot_trace_load(trace: Trace, path: str | Path, title: str = "", max_rows: int = 300) -> Path:
+    """`plot_load` of a trace with its steps summed in groups of consecutive steps, at most `max_rows`
+    groups: DuckDB sums the groups over the parts in place, so the per-step array is never built."""
+    steps = trace.load_steps()
+    per_row = max(1, -(-len(steps.steps) // max_rows))
+    load = trace.dense_load(steps=steps, row_of_step=np.arange(len(steps.steps)) // per_row)
+    return plot_load(load, path, title=title)
+
+
 def plot_load(load: DenseLoad, path: str | Path, title: str = "", hottest: int = 6) -> Path:
-    """Heatmap of load share per layer × expert, the busiest experts' share over steps, imbalance over steps."""
+    """Heatmap of load share per layer × expert, the busiest experts' share over steps, imbalance over steps.
+
+    A row of `load` may sum several steps (`plot_trace_load`); shares and imbalance are then those of
+    the summed load."""
     plt = _pyplot()
     shares = load.shares()
     totals = load.tokens.sum(axis=0)
     heat = totals / np.maximum(totals.sum(axis=1, keepdims=True), 1)
     steps = load.steps
+    grouped = int(load.step_counts.max(initial=1))
+    per = "step" if grouped == 1 else f"{grouped} steps"
     window = max(1, len(steps) // 100)
-    smoothing = f" (mean over {window} steps)" if window > 1 else ""
+    smoothing = f" (mean over {window} {'steps' if grouped == 1 else 'groups'})" if window > 1 else ""
 
     fig, axes = plt.subplots(3, 1, figsize=(10, 11), gridspec_kw={"height_ratios": [1.2, 1, 1]})
     image = axes[0].imshow(heat, aspect="auto", cmap="viridis", interpolation="nearest")
@@ -63,7 +77,7 @@ def plot_load(load: DenseLoad, path: str | Path, title: str = "", hottest: int =
     smooth = rolling_mean(shares[:, layer, :], window)
     for expert in busiest:
         axes[1].plot(steps, smooth[:, expert], lw=1, label=f"expert {expert}")
-    axes[1].set_title(f"layer {load.layers[layer]}: share of its busiest experts per step{smoothing}")
+    axes[1].set_title(f"layer {load.layers[layer]}: share of its busiest experts per {per}{smoothing}")
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("share")
     axes[1].legend(fontsize=7, ncol=3)
@@ -76,7 +90,7 @@ def plot_load(load: DenseLoad, path: str | Path, title: str = "", hottest: int =
     smooth_imbalance = rolling_mean(np.nan_to_num(imbalance, nan=1.0), window)
     for i, layer_id in enumerate(load.layers):
         axes[2].plot(steps, smooth_imbalance[:, i], lw=1, label=f"layer {layer_id}")
-    axes[2].set_title(f"load imbalance (max/mean) per step{smoothing}")
+    axes[2].set_title(f"load imbalance (max/mean) per {per}{smoothing}")
     axes[2].set_xlabel("step")
     axes[2].set_ylabel("max / mean")
     if len(load.layers) <= 12:

@@ -36,20 +36,38 @@ class IncompleteTraceWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class DenseLoad:
-    """Per-step expert load as a dense array."""
+class LoadSteps:
+    """The steps of a trace's load without its experts: what grouping steps into rows needs."""
 
     steps: np.ndarray
-    """(S,) int: the step number of each row of `tokens`."""
+    """(S,) int64, ascending: every step that has load."""
     phases: np.ndarray
     """(S,) str: the phase of each step."""
+    first_layer: np.ndarray
+    """(S,) int64: token-routings of the first MoE layer in each step (0 where it routed none)."""
+
+    def select(self, index: slice | np.ndarray) -> LoadSteps:
+        """These steps at `index` (e.g. the first tenth), for a `dense_load` of those steps only."""
+        return LoadSteps(self.steps[index], self.phases[index], self.first_layer[index])
+
+
+@dataclass(frozen=True)
+class DenseLoad:
+    """Expert load as a dense array: a row per step, or per group of consecutive steps."""
+
+    steps: np.ndarray
+    """(S,) int: the step number of each row of `tokens` (the first step of its group)."""
+    phases: np.ndarray
+    """(S,) str: the phase of each row's (first) step."""
     layers: tuple[int, ...]
     """Decoder layer index of each entry of the layer axis."""
     tokens: np.ndarray
-    """(S, L, E) int64: token-routings per step, MoE layer and expert."""
+    """(S, L, E) int32 (int64 where a count does not fit): token-routings per row, MoE layer and expert."""
+    step_counts: np.ndarray
+    """(S,) int64: how many steps with load each row sums (all 1 unless steps were grouped)."""
 
     def shares(self) -> np.ndarray:
-        """(S, L, E) float64: each expert's share of its layer's routings in each step (0 where none)."""
+        """(S, L, E) float64: each expert's share of its layer's routings in each row (0 where none)."""
         totals = self.tokens.sum(axis=2, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(totals > 0, self.tokens / np.maximum(totals, 1), 0.0)
@@ -116,40 +134,100 @@ class Trace:
     def load_df(self, columns: list[str] | None = None) -> Any:
         return self.load(columns).to_pandas()
 
-    def dense_load(self, phase: str | None = None) -> DenseLoad:
-        """Load as a dense steps × layers × experts array; steps with no routing at all are left out.
-
-        The sums per (step, phase, layer, expert) are a DuckDB query over the parts in place, so only
-        that aggregate is in memory, not the route rows it is counted from."""
+    def load_steps(self, phase: str | None = None) -> LoadSteps:
+        """The steps with load (in `phase` only, when given), their phases and their first MoE layer's
+        routings: one query whose result is a few numbers per step. A trace without load parts is
+        read from its routes, counting each route's experts instead of expanding them into load rows."""
         from moetrace.trace.query import connect, sql_string
 
-        if phase is not None and phase not in PHASES:
-            raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
-        where = f"WHERE phase = {sql_string(phase)}" if phase is not None else ""
+        _check_phase(phase)
+        known = ", ".join(sql_string(p) for p in PHASES)
+        first = self.meta.model.moe_layers[0]
+        source, routings, where = "load", "tokens", ["true"]
+        if self.route_parts and not self.load_parts:
+            source, routings, where = "routes", "len(experts)", ["len(experts) > 0"]  # the routes that give load rows
+        if phase is not None:
+            where.append(f"phase = {sql_string(phase)}")
         con = connect(self)
         try:
             got = con.sql(
-                f"SELECT step, phase, layer, expert, sum(tokens)::BIGINT AS tokens FROM load {where} "
-                "GROUP BY step, phase, layer, expert"
-            ).fetchnumpy()
+                f"SELECT step, min(phase) AS phase, "
+                f"coalesce(sum({routings}) FILTER (WHERE layer = {first}), 0)::BIGINT AS first_layer, "
+                f"list(DISTINCT coalesce(phase, 'NULL')) FILTER (WHERE phase IS NULL OR phase NOT IN ({known})) AS bad "
+                f"FROM {source} WHERE {' AND '.join(where)} GROUP BY step ORDER BY step"
+            ).to_arrow_table()
         finally:
             con.close()
-        step = np.asarray(got["step"], np.int64)
-        phases = np.asarray(got["phase"]).astype(str)
-        unknown = sorted(set(np.unique(phases).tolist()) - set(PHASES))
+        unknown = sorted({p for bad in got.column("bad").to_pylist() if bad for p in bad})
         if unknown:
             raise TraceFormatError(f"column 'phase' holds {unknown}; expected {', '.join(PHASES)}")
-        layer = np.asarray(got["layer"], np.int64)
-        expert = np.asarray(got["expert"], np.int64)
-        layers = self.meta.model.moe_layers
-        num_experts = self.meta.model.num_experts
-        layer_pos = check_load_indices(layer, expert, layers, num_experts, str(self.path))
-        steps, step_row = np.unique(step, return_inverse=True)
-        dense = np.zeros((len(steps), len(layers), num_experts), np.int64)
-        np.add.at(dense, (step_row, layer_pos, expert), np.asarray(got["tokens"], np.int64))
-        step_phase = np.empty(len(steps), dtype=object)
-        step_phase[step_row] = phases
-        return DenseLoad(steps=steps, phases=step_phase.astype(str), layers=tuple(layers), tokens=dense)
+        return LoadSteps(
+            steps=np.asarray(got.column("step").to_numpy(), np.int64),
+            phases=np.asarray(got.column("phase").to_numpy(zero_copy_only=False)).astype(str),
+            first_layer=np.asarray(got.column("first_layer").to_numpy(), np.int64),
+        )
+
+    def dense_load(
+        self, phase: str | None = None, *, steps: LoadSteps | None = None, row_of_step: np.ndarray | None = None
+    ) -> DenseLoad:
+        """Load as a dense rows × layers × experts array: a row per step with load, or per group of steps.
+
+        `steps` is `self.load_steps(phase)` (queried when not given) or a selection of it (only those
+        steps are read); `row_of_step` ((S,) ints, one per step of `steps`, starting at 0 and rising
+        by 0 or 1) sums consecutive steps into one row.
+        DuckDB sums the load per (row, layer, expert) over the parts in place and hands it over in
+        batches, so only the dense array itself is held in memory."""
+        from moetrace.trace.query import connect, sql_string
+
+        _check_phase(phase)
+        steps = steps if steps is not None else self.load_steps(phase)
+        count = len(steps.steps)
+        rows = np.arange(count) if row_of_step is None else np.asarray(row_of_step, np.int64)
+        if rows.shape != (count,) or (count and (rows[0] != 0 or not np.isin(np.diff(rows), (0, 1)).all())):
+            raise ValueError("row_of_step must hold one row per step, starting at 0 and rising by 0 or 1")
+        first = np.flatnonzero(np.diff(rows, prepend=-1))  # the first step of each row
+        layers = tuple(self.meta.model.moe_layers)
+        dense = np.zeros((len(first), len(layers), self.meta.model.num_experts), np.int32)
+        if count:
+            where = f"WHERE l.phase = {sql_string(phase)}" if phase is not None else ""
+            con = connect(self)
+            try:
+                con.register(
+                    "step_rows", pa.table({"step": steps.steps.astype(np.int32), "row_index": rows.astype(np.int32)})
+                )
+                batches = con.sql(
+                    "SELECT r.row_index, l.layer, l.expert, sum(l.tokens)::BIGINT AS tokens "
+                    f"FROM load l JOIN step_rows r ON l.step = r.step {where} GROUP BY r.row_index, l.layer, l.expert"
+                ).to_arrow_reader(1_000_000)
+                for batch in batches:
+                    dense = self._add_batch(dense, batch)
+            finally:
+                con.close()
+        return DenseLoad(
+            steps=steps.steps[first],
+            phases=steps.phases[first],
+            layers=layers,
+            tokens=dense,
+            step_counts=np.diff(np.append(first, count)),
+        )
+
+    def _add_batch(self, dense: np.ndarray, batch: pa.RecordBatch) -> np.ndarray:
+        """`dense` with the (row, layer, expert, tokens) sums of `batch` written in (each cell comes
+        once); widened to int64 when a sum does not fit int32."""
+        if any(column.null_count for column in batch.columns):
+            raise TraceFormatError(f"{self.path}: load rows with no layer, expert or token count")
+        row, layer, expert, tokens = (np.asarray(column.to_numpy(), np.int64) for column in batch.columns)
+        model = self.meta.model
+        layer_pos = check_load_indices(layer, expert, model.moe_layers, model.num_experts, str(self.path))
+        if dense.dtype == np.int32 and len(tokens) and tokens.max() > np.iinfo(np.int32).max:
+            dense = dense.astype(np.int64)
+        dense[row, layer_pos, expert] = tokens
+        return dense
+
+
+def _check_phase(phase: str | None) -> None:
+    if phase is not None and phase not in PHASES:
+        raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
 
 
 def open_trace(path: str | Path) -> Trace:
