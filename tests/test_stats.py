@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from moetrace.trace.meta import ModelInfo, TraceMeta
@@ -223,3 +225,48 @@ def test_peak_memory_of_trace_stats_does_not_grow_with_the_trace(tmp_path) -> No
         assert done.returncode == 0, done.stderr[-2000:]
         peaks.append(int(done.stdout.split()[-1]))
     assert peaks[1] <= 1.3 * peaks[0], f"peak RSS {peaks[0] / 1024:.0f} MiB -> {peaks[1] / 1024:.0f} MiB"
+
+
+def test_stats_do_not_depend_on_batch_and_buffer_sizes(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Tiny batches, pair buffers and reads: tokens span batches, buffers flush and grow mid-batch."""
+    from moetrace.trace import stats
+
+    trace, _ = random_trace(tmp_path / "t", 150, 3, 7, 3)
+    want = trace_stats(trace).to_dict()
+    monkeypatch.setattr(stats, "_BATCH_ROWS", 5)
+    monkeypatch.setattr(stats, "_PAIRS_PER_LAYER", 1)
+    monkeypatch.setattr(stats, "_READ_PAIRS", 3)
+    assert trace_stats(trace).to_dict() == want
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"layer": 9}, "layer(s) [9] are not in meta.json's moe_layers"),
+        ({"expert": 64}, "routes name an expert outside 0..63"),
+        ({"expert": -1}, "routes name an expert outside 0..63"),
+    ],
+)
+def test_bad_routes_are_one_clear_error(tmp_path, change, message) -> None:  # type: ignore[no-untyped-def]
+    """One bad row in the middle of the routes; a valid load part, so that the load summary passes."""
+    import pyarrow.parquet as pq
+
+    from moetrace.errors import TraceFormatError
+
+    _uniform_trace(tmp_path / "t", 2_000)
+    (tmp_path / "t" / "load").mkdir()
+    load = {"step": pa.array([0], pa.int32()), "phase": pa.array(["prefill"]), "layer": pa.array([0], pa.int16()),
+            "expert": pa.array([0], pa.int16()), "tokens": pa.array([1], pa.int32())}  # fmt: skip
+    pq.write_table(pa.table(load), tmp_path / "t" / "load" / "part-00000.parquet")
+    part = tmp_path / "t" / "routes" / "part-00000.parquet"
+    table = pq.read_table(part)
+    layer = table["layer"].to_numpy().copy()
+    experts = np.asarray(table["experts"].combine_chunks().flatten()).reshape(len(table), -1).copy()
+    row = len(table) // 2 + 3
+    layer[row] = change.get("layer", layer[row])
+    experts[row, 1] = change.get("expert", experts[row, 1])
+    table = table.set_column(table.schema.get_field_index("layer"), "layer", pa.array(layer))
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(experts.reshape(-1)), experts.shape[1])
+    pq.write_table(table.set_column(table.schema.get_field_index("experts"), "experts", flat), part)
+    with pytest.raises(TraceFormatError, match=re.escape(message)):
+        trace_stats(open_trace(tmp_path / "t"))

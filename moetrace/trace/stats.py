@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 
 from moetrace.errors import TraceFormatError
 from moetrace.trace.reader import Trace
 
-_CHUNK = 65_536
-_BATCH_ROWS = 131_072
-"""Joined rows per batch handed to the compiled loops."""
+_BATCH_ROWS = 262_144
+"""Sorted route rows per batch handed to pass 1."""
+_PAIRS_PER_LAYER = 16_384
+"""Layer pairs buffered per MoE layer before they are appended to the layer's file."""
+_READ_PAIRS = 1 << 20
+"""Layer pairs read back at a time in pass 2."""
 
 
 @dataclass
@@ -181,135 +186,207 @@ def _load_stats(layer: int, counts: np.ndarray, hottest: int) -> LayerStats:
 
 
 def _add_route_stats(con: Any, trace: Trace, stats: TraceStats) -> None:
-    """Sequences, tokens, temporal locality and inter-layer predictability, from two joins of the routes.
+    """Sequences, tokens, temporal locality and inter-layer predictability, from one sorted pass over
+    the routes and a second pass over the layer pairs it wrote to disk.
 
-    A token is a (seq_id, pos); its row at a layer is paired with the same layer's row of (seq_id,
-    pos + 1) for temporal locality and with the next MoE layer's row of the same token for the
-    co-occurrence table (pass 1) and its recall (pass 2). Joined rows stream in batches."""
+    Pass 1 streams the routes ordered by (seq_id, pos, layer): a token's rows are adjacent, in MoE
+    layer order, and followed by the next token of its sequence, so temporal locality and the pairs
+    of (layer l, layer l + 1) experts of a token come from neighbouring rows instead of self-joins.
+    The pairs go to one file per layer in a temporary folder. Pass 2 reads each layer's pairs twice,
+    layers spread over the cores: once to count its co-occurrence table (the table must be complete
+    before any token is scored), once to score every pair with it (in-sample recall). Memory holds a
+    batch of rows, the pair buffers and a table per worker, not the trace."""
+    import tempfile
+
+    model = trace.meta.model
+    with tempfile.TemporaryDirectory(prefix="moetrace-stats-") as folder:
+        scan = _scan_routes(con, trace, Path(folder))
+        stats.sequences, stats.tokens = scan.sequences, scan.tokens
+        if scan.tokens == 0:
+            return
+        pair_files = scan.files[: len(model.moe_layers) - 1]
+        scored = np.array(_score_layers(pair_files, model.top_k, model.num_experts, scan.dtype), np.int64)
+    matched, hits, popular_hits = scored.reshape(-1, 3).T
+    _fill_route_stats(stats, scan.overlap, scan.successors, matched, hits, popular_hits)
+
+
+@dataclass
+class _Scan:
+    """What pass 1 found: counts, temporal-locality sums per MoE layer, and the pair files."""
+
+    sequences: int
+    tokens: int
+    overlap: np.ndarray
+    """(layers,) int64: experts shared by a token and the next one of its sequence, per layer."""
+    successors: np.ndarray
+    """(layers,) int64: (token, next token) pairs with rows at the layer."""
+    files: list[Path]
+    """Per MoE layer but the last: its (experts, next layer's experts) pairs, `dtype` (pairs, 2, top_k)."""
+    dtype: type
+
+
+_Carry = tuple[tuple[np.ndarray, ...], int, int]
+"""Between batches of pass 1: (rows carried over, the first of them not yet scanned, 0 when the first
+token carried is the one before it, kept for locality, else -1)."""
+
+
+def _scan_routes(con: Any, trace: Trace, folder: Path) -> _Scan:
+    """Pass 1: the routes in (seq_id, pos, layer) order through `kernels.scan_tokens`, a batch at a time.
+
+    A worker thread scans a batch while this one fetches and checks the next. The rows of the last
+    token of a batch (it may go on in the next) and of the token before it (locality pairs it with
+    the next) are carried into the next batch."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from moetrace.trace import stats_kernels as kernels
 
     model = trace.meta.model
+    layers, k = model.moe_layers, model.top_k
+    dtype = np.uint8 if model.num_experts <= 256 else np.uint16
+    overlap, successors = np.zeros(len(layers), np.int64), np.zeros(len(layers), np.int64)
+    buffer = np.empty((max(len(layers) - 1, 1), _PAIRS_PER_LAYER, 2, k), dtype)
+    fill, counts = np.zeros(len(buffer), np.int64), np.zeros(2, np.int64)
+    files = [folder / f"pairs-{i}.bin" for i in range(len(buffer))]
+
+    def scan(rows: tuple[np.ndarray, ...], start: int, prev: int, final: bool) -> _Carry:
+        nonlocal buffer
+        seq, pos, idx, ids = rows
+        while True:
+            start, prev, full = kernels.scan_tokens(
+                seq, pos, idx, ids, model.num_experts, start, prev, final, overlap, successors, buffer, fill, counts
+            )
+            if not full:
+                break
+            if not fill.any():  # one token's pairs (duplicate rows) exceed the buffer
+                buffer = np.empty((buffer.shape[0], 2 * buffer.shape[1], *buffer.shape[2:]), dtype)
+            _flush(buffer, fill, sinks)
+        keep = prev if prev >= 0 else start  # the last token done (kept for locality), else the first not done
+        return tuple(column[keep:] for column in rows), start - keep, 0 if prev >= 0 else -1
+
+    with ExitStack() as stack:
+        sinks = [stack.enter_context(open(path, "wb")) for path in files]
+        worker = stack.enter_context(ThreadPoolExecutor(1))
+        pending: Future[_Carry] = Future()
+        pending.set_result(((), 0, -1))
+        sql = "SELECT seq_id, pos, layer, experts FROM routes ORDER BY seq_id, pos, layer"
+        reader = con.sql(sql).to_arrow_reader(_BATCH_ROWS)
+        for batch in reader:
+            new = _batch_rows(batch, layers, k, model.num_experts)
+            if new is None:
+                reader.close()  # DuckDB runs one query at a time per connection
+                _raise_invalid(con, trace)
+            carry, start, prev = pending.result()
+            rows = tuple(np.concatenate([old, part]) for old, part in zip(carry, new)) if carry else new
+            pending = worker.submit(scan, rows, start, prev, False)
+        carry, start, prev = pending.result()
+        if carry:
+            scan(carry, start, prev, True)
+        _flush(buffer, fill, sinks)
+    return _Scan(int(counts[1]), int(counts[0]), overlap, successors, files, dtype)
+
+
+def _batch_rows(batch: Any, layers: tuple[int, ...], k: int, num_experts: int) -> tuple[np.ndarray, ...] | None:
+    """(seq_id, pos, MoE layer index, (n, k) experts) of a batch of routes, or None when some row has
+    an unknown layer, a list whose length is not k, or an expert outside 0..num_experts-1."""
+    import pyarrow.compute as pc
+
+    experts = batch.column(3)
+    if experts.null_count or pc.min(pc.list_value_length(experts)).as_py() != k:
+        return None
+    if pc.max(pc.list_value_length(experts)).as_py() != k:
+        return None
+    ids = np.asarray(experts.flatten().to_numpy()).reshape(-1, k)
+    if ids.min() < 0 or ids.max() >= num_experts:
+        return None
+    layer = np.asarray(batch.column(2).to_numpy()).astype(np.int64)
+    lookup = np.full(layers[-1] + 2, -1, np.int64)
+    lookup[list(layers)] = np.arange(len(layers))
+    idx = lookup[np.clip(layer, -1, layers[-1] + 1)]
+    if (idx < 0).any():
+        return None
+    seq, pos = (np.asarray(batch.column(i).to_numpy()) for i in (0, 1))
+    return seq, pos, idx, ids
+
+
+def _raise_invalid(con: Any, trace: Trace) -> NoReturn:
+    """Raise the error for the first fault of the routes, checked over all of them in a fixed order."""
+    model = trace.meta.model
     layers, k, num_experts = model.moe_layers, model.top_k, model.num_experts
-    sequences, tokens, low, high, shortest, longest = con.sql(
-        "SELECT count(DISTINCT seq_id), count(DISTINCT (seq_id, pos)), min(list_min(experts)), "
-        "max(list_max(experts)), min(len(experts)), max(len(experts)) FROM routes"
+    low, high, shortest, longest, nulls = con.sql(
+        "SELECT min(list_min(experts)), max(list_max(experts)), min(len(experts)), max(len(experts)), "
+        "count(*) FILTER (WHERE experts IS NULL) FROM routes"
     ).fetchall()[0]
-    stats.sequences, stats.tokens = int(sequences), int(tokens)
-    if stats.tokens == 0:
-        return
-    if shortest != k or longest != k:
+    if shortest != k or longest != k or nulls:
         raise TraceFormatError(f"{trace.path}: column 'experts' holds lists whose length is not top_k = {k}")
-    if low < 0 or high >= num_experts:
-        raise TraceFormatError(f"{trace.path}: routes name an expert outside 0..{num_experts - 1}")
     unknown = con.sql(
         f"SELECT DISTINCT layer FROM routes WHERE layer NOT IN ({', '.join(map(str, layers))}) ORDER BY layer LIMIT 5"
     ).fetchall()
-    if unknown:
-        bad = [int(row[0]) for row in unknown]
-        raise TraceFormatError(f"{trace.path}: layer(s) {bad} are not in meta.json's moe_layers {list(layers)}")
-    packing = _Packing.of(num_experts, k)
-    con.execute("CREATE OR REPLACE TEMP TABLE moe_layer(layer SMALLINT, idx SMALLINT)")
-    con.executemany("INSERT INTO moe_layer VALUES (?, ?)", [(layer, i) for i, layer in enumerate(layers)])
-    packed = (
-        f"WITH p AS (SELECT m.idx, r.seq_id, r.pos, {packing.select('r.experts')} "
-        "FROM routes r JOIN moe_layer m ON r.layer = m.layer) "
-    )
-    words_a, words_b = packing.columns("a"), packing.columns("b")
-    # temporal locality: a token's experts at a layer against the next token's of its sequence
-    overlap, pairs = np.zeros(len(layers), np.int64), np.zeros(len(layers), np.int64)
-    successors = f"{packed} SELECT a.idx, {words_a}, {words_b} FROM p a JOIN p b ON a.idx = b.idx AND a.seq_id = b.seq_id AND b.pos = a.pos + 1"
-    for layer, a, b in packing.batches(con, successors):
-        kernels.overlap_sums(layer, a, b, k, packing.bits, packing.per_word, overlap)
-        pairs += np.bincount(layer, minlength=len(layers))
-    # inter-layer: pass 1 counts the co-occurrence table, pass 2 scores each token with it
-    nexts = f"{packed} SELECT a.idx, {words_a}, {words_b} FROM p a JOIN p b ON b.idx = a.idx + 1 AND a.seq_id = b.seq_id AND b.pos = a.pos"
-    table = np.zeros((max(len(layers) - 1, 1), num_experts, num_experts), np.int64)
-    matched = np.zeros(len(table), np.int64)
-    for layer, src, dst in packing.batches(con, nexts):
-        order = np.argsort(layer, kind="stable")
-        _check(kernels.count_pairs(order, layer, src, dst, k, packing.bits, packing.per_word, table), trace)
-        matched += np.bincount(layer, minlength=len(table))
-    hits = np.zeros(len(table), np.int64)
-    if matched.any():
-        scored = table.astype(np.int32) if k * int(matched.max()) < 2**31 else table
-        for layer, src, dst in packing.batches(con, nexts):
-            order = np.argsort(layer, kind="stable")
-            _check(kernels.recall_hits(order, layer, src, dst, k, packing.bits, packing.per_word, scored, hits), trace)
-    _fill_route_stats(stats, overlap, pairs, table, matched, hits)
+    if low is None or low < 0 or high >= num_experts or not unknown:
+        raise TraceFormatError(f"{trace.path}: routes name an expert outside 0..{num_experts - 1}")
+    bad = [int(row[0]) for row in unknown]
+    raise TraceFormatError(f"{trace.path}: layer(s) {bad} are not in meta.json's moe_layers {list(layers)}")
+
+
+def _flush(buffer: np.ndarray, fill: np.ndarray, sinks: list[Any]) -> None:
+    """Append each layer's buffered pairs to its file and empty the buffer."""
+    for layer in np.flatnonzero(fill):
+        sinks[layer].write(buffer[layer, : fill[layer]].data)
+    fill[:] = 0
+
+
+def _score_layers(files: list[Path], k: int, num_experts: int, dtype: type) -> list[tuple[int, int, int]]:
+    """Pass 2: (matched pairs, co-occurrence hits, popularity hits) per layer, layers spread over threads."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, min(len(files), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda path: _score_layer(path, k, num_experts, dtype), files))
+
+
+def _score_layer(path: Path, k: int, num_experts: int, dtype: type) -> tuple[int, int, int]:
+    """One layer's (matched pairs, hits of the co-occurrence top-k, hits of the popularity top-k).
+
+    The table counts in int32 where no cell or score can reach 2**31 (each pair adds at most k * k)."""
+    from moetrace.trace import stats_kernels as kernels
+
+    matched = path.stat().st_size // (2 * k * np.dtype(dtype).itemsize)
+    table = np.zeros((num_experts, num_experts), np.int32 if k * k * matched < 2**31 else np.int64)
+    for pairs in _read_pairs(path, k, dtype):
+        kernels.count_table(pairs, table)
+    hits = sum(kernels.recall_hits(pairs, table) for pairs in _read_pairs(path, k, dtype))
+    dst_counts = table.sum(axis=0, dtype=np.int64) // k  # each pair adds k to each of its dst experts' columns
+    popular_hits = int(dst_counts[np.argsort(-dst_counts, kind="stable")[:k]].sum())
+    return int(matched), int(hits), popular_hits
+
+
+def _read_pairs(path: Path, k: int, dtype: type) -> Iterator[np.ndarray]:
+    """A layer's pair file as (pairs, 2, k) arrays of at most _READ_PAIRS pairs."""
+    with open(path, "rb") as source:
+        while True:
+            chunk: np.ndarray = np.fromfile(source, dtype, count=_READ_PAIRS * 2 * k)
+            if not len(chunk):
+                return
+            yield chunk.reshape(-1, 2, k)
 
 
 def _fill_route_stats(
-    stats: TraceStats, overlap: np.ndarray, pairs: np.ndarray, table: np.ndarray, matched: np.ndarray, hits: np.ndarray
-) -> None:
+    stats: TraceStats, overlap: np.ndarray, successors: np.ndarray, matched: np.ndarray, hits: np.ndarray,
+    popular_hits: np.ndarray,
+) -> None:  # fmt: skip
+    """Ratios from the sums per MoE layer (the inter-layer ones per layer but the last)."""
     k = stats.top_k
-    popular_hits = np.zeros(len(table), np.int64)
     for i, layer_stats in enumerate(stats.layers):
-        if pairs[i]:
-            layer_stats.temporal_locality = float(overlap[i] / (k * pairs[i]))
+        if successors[i]:
+            layer_stats.temporal_locality = float(overlap[i] / (k * successors[i]))
         if i + 1 < len(stats.layers) and matched[i]:
-            dst_counts = table[i].sum(axis=0) // k  # each joined row adds k to each of its dst experts' columns
-            popular_hits[i] = dst_counts[np.argsort(-dst_counts, kind="stable")[:k]].sum()
             layer_stats.next_layer_recall = float(hits[i] / (k * matched[i]))
             layer_stats.next_layer_popularity_recall = float(popular_hits[i] / (k * matched[i]))
-    if pairs.sum():
-        stats.temporal_locality = float(overlap.sum() / (k * pairs.sum()))
+    if successors.sum():
+        stats.temporal_locality = float(overlap.sum() / (k * successors.sum()))
     if matched.sum():
         stats.inter_layer_predictability = float(hits.sum() / (k * matched.sum()))
         stats.inter_layer_popularity = float(popular_hits.sum() / (k * matched.sum()))
-
-
-def _check(status: int, trace: Trace) -> None:
-    if status < 0:
-        raise TraceFormatError(f"{trace.path}: routes name an expert outside 0..{trace.meta.model.num_experts - 1}")
-
-
-@dataclass(frozen=True)
-class _Packing:
-    """How a row's k experts are packed into unsigned 64-bit words for the joins."""
-
-    k: int
-    bits: int
-    """Bits per expert id: 8 up to 256 experts, else 16."""
-    per_word: int
-    words: int
-
-    @classmethod
-    def of(cls, num_experts: int, k: int) -> _Packing:
-        bits = 8 if num_experts <= 256 else 16
-        per_word = 64 // bits
-        return cls(k, bits, per_word, -(-k // per_word))
-
-    def select(self, column: str) -> str:
-        """SELECT items `w0, w1, ...` packing the list `column`."""
-        items = []
-        for w in range(self.words):
-            parts = [
-                f"(({column}[{i + 1}]::UBIGINT) << {(i % self.per_word) * self.bits})"
-                for i in range(w * self.per_word, min(self.k, (w + 1) * self.per_word))
-            ]
-            items.append(f"{' | '.join(parts)} AS w{w}")
-        return ", ".join(items)
-
-    def columns(self, alias: str) -> str:
-        return ", ".join(f"{alias}.w{w}" for w in range(self.words))
-
-    def batches(self, con: Any, sql: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(layer index, words of a, words of b) per batch of the joined rows of `sql`."""
-        for batch in con.sql(sql).to_arrow_reader(_BATCH_ROWS):
-            columns = [np.asarray(c.to_numpy()) for c in batch.columns]
-            layer = columns[0].astype(np.int64)
-            a = np.stack(columns[1 : 1 + self.words], axis=1).astype(np.uint64)
-            b = np.stack(columns[1 + self.words :], axis=1).astype(np.uint64)
-            yield layer, a, b
-
-
-def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """|a_i ∩ b_i| per row of two (n, k) arrays of distinct expert ids."""
-    out = np.empty(len(a), np.int64)
-    for s in range(0, len(a), _CHUNK):
-        x, y = a[s : s + _CHUNK], b[s : s + _CHUNK]
-        out[s : s + _CHUNK] = (x[:, :, None] == y[:, None, :]).any(axis=2).sum(axis=1)
-    return out
 
 
 def multi_hot(ids: np.ndarray, num_experts: int) -> np.ndarray:
