@@ -45,6 +45,7 @@ COMMANDS = {
     "inspect": "moetrace inspect {trace}",
     "simulate": "moetrace simulate {trace} --order token --policy lru --capacity 64",
     "predict load": "moetrace predict load {trace} --method window",
+    "predict load, bucketed": "moetrace predict load {trace} --method window --bucket 256",
 }
 
 WRAPPER = """
@@ -168,7 +169,7 @@ def main() -> None:
             for name, template in COMMANDS.items():
                 cmd = template.format(table=table, trace=workdir / f"dsv3-shaped-{tokens}")
                 results[(name, tokens)] = result = run(cmd)
-                print(f"{tokens:>9,} tokens  {name:<13} {result['seconds']:8.1f} s  "
+                print(f"{tokens:>9,} tokens  {name:<22} {result['seconds']:8.1f} s  "
                       f"{result['peak_kb'] / 2**20:6.2f} GB  {'' if result['rc'] == 0 else 'FAILED'}", flush=True)  # fmt: skip
     body = report(sizes, results, tables)
     print(body)

@@ -25,3 +25,14 @@ def test_a_noisy_start_then_calm_load_is_split_where_it_settles() -> None:
     noisy = rng.dirichlet(np.ones(8), size=(100, 2))
     phases = detect_phases(np.concatenate([noisy, calm]), window=10)
     assert 100 <= phases.stable_start <= 110
+
+
+@pytest.mark.parametrize("span", ["short", "all", "capped"])
+def test_baselines_window_means_equal_plain_means_of_each_window(span) -> None:  # type: ignore[no-untyped-def]
+    from moetrace.predict.forecasters.baselines import _windowed_means
+
+    series = np.random.default_rng(1).random((500, 3, 4))
+    origins = np.arange(50, 500, 7)
+    lengths = {"short": np.full(len(origins), 10), "all": origins.copy(), "capped": np.minimum(origins, 300)}[span]
+    expected = np.stack([series[max(o - n, 0) : o].mean(axis=0) for o, n in zip(origins, lengths)])
+    np.testing.assert_allclose(_windowed_means(series, origins, lengths), expected, rtol=1e-12)

@@ -1,4 +1,4 @@
-"""`last`, `mean` and `window` (the seed paper's SW_Avg): vectorised over origins with cumulative sums."""
+"""`last`, `mean` and `window` (the seed paper's SW_Avg): a mean over each origin's window."""
 
 from __future__ import annotations
 
@@ -11,10 +11,24 @@ from moetrace.predict.forecasters import LoadForecaster, register_forecaster
 
 
 def _windowed_means(series: np.ndarray, origins: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Mean of series[origin − length : origin] for each origin: (n, L, E)."""
-    cumsum = np.concatenate([np.zeros((1, *series.shape[1:])), np.cumsum(series, axis=0)])
+    """Mean of series[origin − length : origin] for each origin: (n, L, E), without a copy of the
+    series (it can be gigabytes): a sum per origin where the windows are short, else running sums
+    over the ascending origins, each row added once."""
     starts = np.maximum(origins - lengths, 0)
-    return (cumsum[origins] - cumsum[starts]) / (origins - starts)[:, None, None]
+    out = np.empty((len(origins), *series.shape[1:]))
+    ascending = bool(np.all(np.diff(origins) >= 0) and np.all(np.diff(starts) >= 0))
+    if not ascending or int((origins - starts).sum()) <= 4 * len(series):
+        for i, (start, origin) in enumerate(zip(starts, origins)):
+            out[i] = series[start:origin].mean(axis=0)
+        return out
+    to_origin, to_start = np.zeros(series.shape[1:]), np.zeros(series.shape[1:])
+    at_origin = at_start = 0
+    for i, (start, origin) in enumerate(zip(starts, origins)):
+        to_origin += series[at_origin:origin].sum(axis=0)
+        to_start += series[at_start:start].sum(axis=0)
+        at_origin, at_start = origin, start
+        out[i] = (to_origin - to_start) / (origin - start)
+    return out
 
 
 class _Constant(LoadForecaster):
