@@ -108,12 +108,7 @@ class ChunkedStream:
 
     def layout(self, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
         """(cache of each request, cache-space id of each access) of a piece of this stream."""
-        layer = stream.layer.astype(np.int64)
-        cache_of = np.asarray(self.space.cache(layer), np.int64)
-        if not self.pool:
-            return cache_of, stream.ids.astype(np.int64)
-        request_of_access = np.repeat(np.arange(stream.requests), stream.sizes())
-        return cache_of, (stream.ids + layer[request_of_access] * stream.num_experts).astype(np.int64)
+        return self.space.layout(stream)
 
     def close(self) -> None:
         if self.folder is not None:

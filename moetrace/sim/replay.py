@@ -48,24 +48,38 @@ class CacheSpace:
         """What to add to an expert id of that layer position to get its id in its cache."""
         return layer * self.num_experts if self.pool else layer * 0
 
+    def layout(self, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
+        """(cache of each request, cache-space id of each access) of a stream (or a piece of one)."""
+        layer = stream.layer.astype(np.int64)
+        cache_of = np.asarray(self.cache(layer), np.int64)
+        if not self.pool:
+            return cache_of, stream.ids.astype(np.int64)
+        request_of_access = np.repeat(np.arange(stream.requests), stream.sizes())
+        return cache_of, (stream.ids + layer[request_of_access] * self.num_experts).astype(np.int64)
+
 
 def cache_layout(stream: Stream, pool: bool) -> tuple[np.ndarray, np.ndarray, int, int]:
     """(cache of each request, cache-space id of each access, number of caches, ids per cache)."""
     space = CacheSpace(len(stream.layers), stream.num_experts, pool)
-    layer = stream.layer.astype(np.int64)
-    request_of_access = np.repeat(np.arange(stream.requests), stream.sizes())
-    ids = stream.ids + np.asarray(space.offset(layer))[request_of_access]
-    return np.asarray(space.cache(layer), np.int64), ids.astype(np.int64), space.caches, space.ids
+    return (*space.layout(stream), space.caches, space.ids)
+
+
+def count_needs(cache_of: np.ndarray, offsets: np.ndarray, ids: np.ndarray, requests: int, into: np.ndarray) -> None:
+    """Add to `into` (caches, ids) the needs of each expert in the first `requests` requests."""
+    request_of_access = np.repeat(np.arange(requests), np.diff(offsets[: requests + 1]))
+    np.add.at(into, (cache_of[request_of_access], ids[: offsets[requests]]), 1)
+
+
+def warm_requests(share: float, requests: int) -> int:
+    """How many requests a `warmup` policy learns from (reference.warm_needs)."""
+    return max(1, int(share * requests))
 
 
 def warm_needs(cache_of: np.ndarray, offsets: np.ndarray, ids: np.ndarray, n_caches: int, n_ids: int,
                share: float) -> np.ndarray:  # fmt: skip
     """(caches, ids): needs of each expert in the first `share` of the requests (reference.warm_needs)."""
-    requests = max(1, int(share * len(cache_of)))
-    cut = offsets[requests]
-    request_of_access = np.repeat(np.arange(requests), np.diff(offsets[: requests + 1]))
     warm = np.zeros((n_caches, n_ids), np.int64)
-    np.add.at(warm, (cache_of[request_of_access], ids[:cut]), 1)
+    count_needs(cache_of, offsets, ids, warm_requests(share, len(cache_of)), warm)
     return warm
 
 

@@ -17,7 +17,7 @@ from moetrace.sim.chunks import ChunkedStream, StreamInfo
 from moetrace.sim.engine import LruStacks
 from moetrace.sim.policies import ALL, PolicySpec, parse_policy, registered
 from moetrace.sim.reference import Counts, check_capacity
-from moetrace.sim.replay import Replay, prefetch_space, replay
+from moetrace.sim.replay import Replay, count_needs, prefetch_space, replay, warm_requests
 from moetrace.sim.stream import ORDERS, Stream, build_stream, stream_chunks
 from moetrace.trace.reader import Trace
 from moetrace.trace.schema import PHASES
@@ -320,15 +320,13 @@ def _simulate_one(job: tuple[str, SimConfig, str | None]) -> SimResult:
 
 def _warm_needs(chunks: ChunkedStream, share: float) -> np.ndarray:
     """(caches, ids): needs of each expert in the first `share` of the requests."""
-    cut = max(1, int(share * chunks.info.requests))
+    cut = warm_requests(share, chunks.info.requests)
     warm = np.zeros((chunks.space.caches, chunks.space.ids), np.int64)
     for chunk in chunks:
         take = min(cut - chunk.first_request, chunk.stream.requests)
         if take <= 0:
             break
-        offsets = chunk.stream.offsets
-        request_of_access = np.repeat(np.arange(take), np.diff(offsets[: take + 1]))
-        np.add.at(warm, (chunk.cache_of[request_of_access], chunk.ids[: offsets[take]]), 1)
+        count_needs(chunk.cache_of, chunk.stream.offsets, chunk.ids, take, warm)
     return warm
 
 
