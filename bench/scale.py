@@ -45,7 +45,7 @@ COMMANDS = {
     "inspect": "moetrace inspect {trace}",
     "simulate": "moetrace simulate {trace} --order token --policy lru --capacity 64",
     "predict load": "moetrace predict load {trace} --method window",
-    "predict load, bucketed": "moetrace predict load {trace} --method window --bucket 256",
+    "predict load bucketed": "moetrace predict load {trace} --method window --bucket 64",
 }
 
 WRAPPER = """
@@ -152,8 +152,11 @@ def main() -> None:
     parser.add_argument("--tokens", default="100000,300000,1000000", help="Comma-separated trace sizes in tokens.")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep tables and traces here (default: a temp dir).")
     parser.add_argument("--write", action="store_true", help="Write the results into docs/benchmarks.md.")
+    parser.add_argument("--commands", default=None, help="Comma-separated names of COMMANDS to run (default: all); "
+                        "the written section is then named after them.")  # fmt: skip
     args = parser.parse_args()
     sizes = [int(x) for x in args.tokens.split(",") if x.strip()]
+    commands = {name: COMMANDS[name] for name in args.commands.split(",")} if args.commands else COMMANDS
     with tempfile.TemporaryDirectory() as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -166,15 +169,17 @@ def main() -> None:
                 write_table(table, tokens)
             meta = pq.read_metadata(table)
             tables[tokens] = f"{meta.num_rows / 1e6:.1f} M rows, {table.stat().st_size / 1e6:,.0f} MB"
-            for name, template in COMMANDS.items():
+            for name, template in commands.items():
                 cmd = template.format(table=table, trace=workdir / f"dsv3-shaped-{tokens}")
                 results[(name, tokens)] = result = run(cmd)
                 print(f"{tokens:>9,} tokens  {name:<22} {result['seconds']:8.1f} s  "
                       f"{result['peak_kb'] / 2**20:6.2f} GB  {'' if result['rc'] == 0 else 'FAILED'}", flush=True)  # fmt: skip
-    body = report(sizes, results, tables)
+    body = report(sizes, results, tables, commands)
     print(body)
     if args.write:
-        write_section("scale", body)
+        write_section(
+            "scale" if commands == COMMANDS else "scale-" + "-".join(commands).replace(" ", "-"), body
+        )
 
 
 def failure(result: dict) -> str:
@@ -184,10 +189,12 @@ def failure(result: dict) -> str:
     return f"failed after {result['seconds']:,.0f} s: {last[:100]}".replace("|", "/")
 
 
-def report(sizes: list[int], results: dict[tuple[str, int], dict], tables: dict[int, str]) -> str:
+def report(
+    sizes: list[int], results: dict[tuple[str, int], dict], tables: dict[int, str], commands: dict[str, str]
+) -> str:
     header = "| command | " + " | ".join(f"{t:,} tokens ({tables[t]})" for t in sizes) + " |"
     lines = [header, "|---" * (len(sizes) + 1) + "|"]
-    for name, template in COMMANDS.items():
+    for name, template in commands.items():
         cells = []
         for tokens in sizes:
             r = results[(name, tokens)]

@@ -213,6 +213,7 @@ def main() -> None:
         moetrace.import_routes(DSV2, Path(tmp) / "dsv2")
         parts.append(speed(Path(tmp) / "dsv2"))
         if args.speed_only:
+            parts[0] = "## Simulation speed (issue 12)\n"
             if args.write:
                 write_section("simulate-speed", "\n".join(parts))
             return
