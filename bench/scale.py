@@ -177,9 +177,7 @@ def main() -> None:
     body = report(sizes, results, tables, commands)
     print(body)
     if args.write:
-        write_section(
-            "scale" if commands == COMMANDS else "scale-" + "-".join(commands).replace(" ", "-"), body
-        )
+        write_section("scale" if commands == COMMANDS else "scale-" + "-".join(commands).replace(" ", "-"), body)
 
 
 def failure(result: dict) -> str:
