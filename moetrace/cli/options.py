@@ -63,7 +63,7 @@ RayAddress = Annotated[
         "--ray",
         metavar="ADDRESS",
         help="Run the independent jobs on the Ray cluster at ADDRESS (host:port, ray://host:port or auto); "
-        "`local` starts a Ray instance on this machine. Needs the ray extra: pip install 'moetrace[ray]'.",
+        "`local` starts a Ray instance on this machine. Needs the ray extra: pip install 'moetrace\\[ray]'.",
         show_default=False,
     ),
 ]

@@ -36,7 +36,7 @@ def _command(name: str, command: Any) -> list[str]:
     out += ["| argument / option | default | meaning |", "| --- | --- | --- |"]
     for param in command.params:
         paragraphs = (getattr(param, "help", None) or "").split("\n\n")
-        help_text = "<br>".join(" ".join(p.split()) for p in paragraphs).replace("|", "\\|")
+        help_text = "<br>".join(" ".join(p.split()) for p in paragraphs).replace("|", "\\|").replace("\\[", "[")
         if param.param_type_name == "argument":
             out.append(f"| `{param.name.upper()}` | | {help_text} |")
             continue
