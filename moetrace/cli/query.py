@@ -31,7 +31,9 @@ def query_command(
         ),
     ],
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON array of row objects.")] = False,
-    csv_output: Annotated[bool, typer.Option("--csv", help="Print CSV with a header (a list cell in brackets).")] = False,
+    csv_output: Annotated[
+        bool, typer.Option("--csv", help="Print CSV with a header (a list cell in brackets).")
+    ] = False,
     limit: Annotated[
         int | None,
         typer.Option(help=f"Rows printed at most (the table shows {TABLE_ROWS} when omitted, CSV and JSON all)."),
