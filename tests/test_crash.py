@@ -22,18 +22,23 @@ moetrace.record(loaded.model, None, sys.argv[1], tokenizer=loaded.tokenizer, max
 """
 
 
-def test_killed_recording_reads_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    out = tmp_path / "trace"
-    process = subprocess.Popen([sys.executable, "-c", SCRIPT, str(out)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
+def run_until_parts(script: str, out, parts: int, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    """Run `script` (given `out`) in a process, SIGKILL it once `parts` routes parts exist."""
+    process = subprocess.Popen([sys.executable, "-c", script, str(out)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + seconds
     try:
-        while len(list((out / "routes").glob("part-*.parquet"))) < 3:
+        while len(list((out / "routes").glob("part-*.parquet"))) < parts:
             assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "recording wrote no parts in time"
+            assert time.monotonic() < deadline, f"no {parts} parts written in {seconds:.0f} s"
             time.sleep(0.05)
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def test_killed_recording_reads_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "trace"
+    run_until_parts(SCRIPT, out, 3, 240)
     parts = sorted((out / "routes").glob("part-*.parquet"))
     with pytest.warns(IncompleteTraceWarning, match="incomplete"):
         trace = open_trace(out)
@@ -67,16 +72,7 @@ for step in range(10**6):  # one token per step on both layers, far fewer rows t
 def test_killed_writer_keeps_what_waited_flush_seconds(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Parts are written by time as well as by rows: a run killed long before a part fills keeps its rows."""
     out = tmp_path / "trace"
-    process = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(out)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    try:
-        while len(list((out / "routes").glob("part-*.parquet"))) < 3:
-            assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "the writer wrote no parts by time"
-            time.sleep(0.05)
-    finally:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+    run_until_parts(WRITER_SCRIPT, out, 3, 60)
     with pytest.warns(IncompleteTraceWarning, match="incomplete"):
         trace = open_trace(out)
     routes = trace.routes_arrays(["step", "layer", "experts"])
@@ -103,16 +99,7 @@ moetrace.record(loaded.model, None, sys.argv[1], tokenizer=loaded.tokenizer, max
 def test_a_recording_that_never_fills_a_part_still_writes_one_by_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The recorder's host queue and the writer both flush by time, so a killed run keeps what waited."""
     out = tmp_path / "trace"
-    process = subprocess.Popen([sys.executable, "-c", SLOW_RECORD, str(out)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    try:
-        while len(list((out / "routes").glob("part-*.parquet"))) < 2:
-            assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "recording wrote no parts in time"
-            time.sleep(0.05)
-    finally:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+    run_until_parts(SLOW_RECORD, out, 2, 240)
     with pytest.warns(IncompleteTraceWarning, match="incomplete"):
         trace = open_trace(out)
     assert len(trace.route_parts) >= 2
