@@ -59,12 +59,7 @@ def scan_tokens(
         # consecutive MoE layers within the token: runs of equal idx, each paired with the next run
         a = r
         while a < end:
-            b = a + 1
-            while b < end and idx[b] == idx[a]:
-                b += 1
-            c = b + 1
-            while c < end and idx[c] == idx[b]:
-                c += 1
+            b, c = _next_runs(idx, a, end)
             if b < end and idx[b] == idx[a] + 1:
                 layer = idx[a]
                 for s in range(a, b):
@@ -80,17 +75,24 @@ def scan_tokens(
     return r, prev, False
 
 
+@njit(inline="always")
+def _next_runs(idx, a, end):  # type: ignore[no-untyped-def]
+    """Where the run of equal idx starting at row a ends (b), and where the run after it ends (c)."""
+    b = a + 1
+    while b < end and idx[b] == idx[a]:
+        b += 1
+    c = b + 1
+    while c < end and idx[c] == idx[b]:
+        c += 1
+    return b, c
+
+
 @njit(nogil=True, cache=True)
 def _room(idx: np.ndarray, r: int, end: int, capacity: int, fill: np.ndarray) -> bool:
     """Whether the buffer has room for the layer pairs of the token in rows [r, end)."""
     a = r
     while a < end:
-        b = a + 1
-        while b < end and idx[b] == idx[a]:
-            b += 1
-        c = b + 1
-        while c < end and idx[c] == idx[b]:
-            c += 1
+        b, c = _next_runs(idx, a, end)
         if b < end and idx[b] == idx[a] + 1 and fill[idx[a]] + (b - a) * (c - b) > capacity:
             return False
         a = b
