@@ -114,14 +114,6 @@ def _readable(src: Path, kind: str) -> Iterator[None]:
         raise TraceFormatError(f"{src} is not a readable {kind} file: {message}") from None
 
 
-def _parse_lists(self, table: pa.Table) -> pa.Table:
-    for name in LIST_COLUMNS:
-        if name in table.column_names and pa.types.is_string(table.column(name).type):
-            parsed = _parse_list(table.column(name), name, self.src)
-            table = table.set_column(table.column_names.index(name), name, parsed)
-    return table
-
-
 class _Readable:
     """Turns Arrow and OS read errors into one TraceFormatError line."""
 
