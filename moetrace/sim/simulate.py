@@ -203,7 +203,7 @@ def simulate(
     future = any(spec.policy.knows == "future" for spec in specs)
     warming = threading.Thread(target=_warm_kernels, args=(specs,), daemon=True)
     warming.start()  # numba loads the kernels while DuckDB sorts the routes
-    with ChunkedStream(pieces, config.pool, future=future) as chunks:
+    with ChunkedStream(pieces, config.pool, future=future, spill=not whole) as chunks:  # whole: in memory
         warming.join()
         result = SimResult(config=config, stream=chunks.info, expert_bytes=expert_bytes)
         if expert_bytes is None:
@@ -212,9 +212,13 @@ def simulate(
             )
         _replay_all(chunks, specs, config, trace, loaded, expert_bytes, result, progress)
         if config.batch_size is not None and stream is not None:
-            transfer_s = (expert_bytes or 0) / config.bandwidth
-            result.scheduling = schedule_rows(stream, config, transfer_s, specs)
+            result.scheduling = schedule_rows(stream, config, _transfer_s(expert_bytes, config), specs)
     return result
+
+
+def _transfer_s(expert_bytes: int | None, config: SimConfig) -> float:
+    """Seconds to copy one expert to the device (0 when its size is unknown)."""
+    return (expert_bytes or 0) / config.bandwidth
 
 
 def _warm_kernels(specs: list[PolicySpec]) -> None:
@@ -240,7 +244,7 @@ def _replay_all(
     from moetrace.sim.prefetch import plan
 
     info = chunks.info
-    transfer_s = (expert_bytes or 0) / config.bandwidth
+    transfer_s = _transfer_s(expert_bytes, config)
     warm = _warm_needs(chunks, config.warmup_share) if any(s.policy.knows == "warmup" for s in specs) else None
     jobs = [(spec, capacity) for spec in specs for capacity in config.capacities]
     replays = [
@@ -300,13 +304,9 @@ def _simulate_jobs(
         result.results += one.results
     if any(spec.policy.name == "lru" for spec in specs):
         result.lru_curve = next(one.lru_curve for one in done if one.lru_curve is not None)
-    if config.batch_size is not None:
-        local = simulate(
-            trace,
-            replace(config, policies=tuple(s.text for s in specs if s.source is None) or ("lru",)),
-            predictor=predictor,
-        )
-        result.scheduling = local.scheduling
+    if config.batch_size is not None:  # scheduling regroups the whole stream: here, not in a job
+        stream = build_stream(trace, config.order, config.phase)
+        result.scheduling = schedule_rows(stream, config, _transfer_s(first.expert_bytes, config), specs)
     return result
 
 
