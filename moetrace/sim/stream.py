@@ -98,35 +98,40 @@ def stream_chunks(
     unit_columns = ("seq_id", "pos", "step") if order == "token" else ("step",)
     held: dict[str, np.ndarray] | None = None
     produced = False
-    for batch in _gathered(query_batches(trace, sql, batch_rows=rows, memory_limit=SORT_MEMORY), rows):
+    for batch, final in _gathered(query_batches(trace, sql, batch_rows=rows, memory_limit=SORT_MEMORY), rows):
         batch_rows = _batch_arrays(batch, trace.meta.model.top_k)
         if held is not None:
             batch_rows = {name: np.concatenate([held[name], batch_rows[name]]) for name in batch_rows}
-        # hold back the last unit: it may go on in the next batch
-        last = _last_unit_start(batch_rows, unit_columns)
+        # unless this is the end, hold back the last unit: it may go on in the next batch
+        last = len(batch_rows["step"]) if final else _last_unit_start(batch_rows, unit_columns)
         held = {name: values[last:] for name, values in batch_rows.items()}
         if last > 0:
             produced = True
             yield stream_from_rows({name: values[:last] for name, values in batch_rows.items()}, trace, order)
-    if held is not None and len(held["step"]):
-        produced = True
-        yield stream_from_rows(held, trace, order)
     if not produced:
         raise TraceFormatError(f"trace {trace.path} has no routes{f' in phase {phase}' if phase else ''}")
 
 
-def _gathered(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.RecordBatch]:
-    """The reader's batches joined into batches of at least `rows` rows (the last may be smaller)."""
+def _gathered(reader: pa.RecordBatchReader, rows: int) -> Iterator[tuple[pa.RecordBatch, bool]]:
+    """The reader's batches joined into batches of at least `rows` rows (the last may be smaller), each
+    with whether it is the last."""
     waiting: list[pa.RecordBatch] = []
     count = 0
+    ready: pa.RecordBatch | None = None
     for batch in reader:
         waiting.append(batch)
         count += len(batch)
         if count >= rows:
-            yield pa.Table.from_batches(waiting).combine_chunks().to_batches()[0]
+            if ready is not None:
+                yield ready, False
+            ready = pa.Table.from_batches(waiting).combine_chunks().to_batches()[0]
             waiting, count = [], 0
     if count:
-        yield pa.Table.from_batches(waiting).combine_chunks().to_batches()[0]
+        if ready is not None:
+            yield ready, False
+        ready = pa.Table.from_batches(waiting).combine_chunks().to_batches()[0]
+    if ready is not None:
+        yield ready, True
 
 
 def stream_from_rows(rows: dict[str, np.ndarray], trace: Trace, order: str) -> Stream:
